@@ -1,0 +1,30 @@
+//! The Underpass wire format: everything that crosses between edge and connector.
+//!
+//! This crate has no I/O, no clock and no async runtime. It defines:
+//!
+//! - [`ControlMessage`]: registration, drain notices and heartbeats on the control stream;
+//! - [`StreamHeader`]: the first frame of every data stream (an HTTP exchange or a TCP connect);
+//! - [`StreamReply`]: the connector's answer on that stream;
+//! - [`ProxyStatus`]: the RFC 9209 Proxy-Status error types;
+//! - the framing codec ([`encode`], [`decode`]) shared by all of them.
+//!
+//! See `docs/protocol.md` for the byte layout and the stream lifecycle.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod control;
+mod status;
+mod stream;
+
+pub use codec::{decode, encode, DecodeError, Decoded, EncodeError, FrameKind, Message};
+pub use codec::{FRAME_HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION};
+pub use control::{
+    AnnouncedRoute, ConnectorId, ControlMessage, Drain, Heartbeat, RefuseReason, Register,
+    RegisterAccepted, RegisterRefused, TunnelId, REGISTRATION_EXPORTER_LABEL,
+};
+pub use status::{ProxyStatus, UnknownProxyStatus};
+pub use stream::{
+    BodyKind, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead, ProxyErrorReply,
+    Scheme, StreamHeader, StreamReply, TcpConnect, TlsVerification, RESET_CANCELLED,
+    RESET_INTERNAL, RESET_PROTOCOL,
+};
