@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::MinWireLen;
 use crate::codec::{FrameKind, Message};
 
 /// The TLS exporter label whose output the registration proof is computed over.
@@ -51,6 +52,7 @@ pub struct Register {
     pub version: String,
     /// The routes the connector announces (informational for the edge's directory; the
     /// connector enforces its own routes whatever the edge sends).
+    #[serde(deserialize_with = "crate::bounded::vec")]
     pub routes: Vec<AnnouncedRoute>,
 }
 
@@ -60,6 +62,7 @@ pub struct AnnouncedRoute {
     /// `10.0.0.0/8`, `fd00::/8`, `db.internal` or `*.corp.example`.
     pub destination: String,
     /// Inclusive port ranges; empty means every port.
+    #[serde(deserialize_with = "crate::bounded::vec")]
     pub ports: Vec<(u16, u16)>,
 }
 
@@ -120,4 +123,117 @@ pub struct Heartbeat {
 
 impl Message for ControlMessage {
     const KIND: FrameKind = FrameKind::Control;
+}
+
+impl MinWireLen for AnnouncedRoute {
+    /// Empty destination (1-byte length) and no ports (1-byte length).
+    const MIN_WIRE_LEN: usize = 2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::round_trip;
+    use crate::FRAME_HEADER_LEN;
+
+    fn register() -> Register {
+        Register {
+            tunnel_id: TunnelId([0xab; 16]),
+            proof: [0x5a; 32],
+            connector_id: ConnectorId(*b"0123456789abcdef"),
+            connection_index: 3,
+            version: "underpass 0.1.0".into(),
+            routes: vec![
+                AnnouncedRoute {
+                    destination: "10.0.0.0/8".into(),
+                    ports: vec![],
+                },
+                AnnouncedRoute {
+                    destination: "*.corp.example".into(),
+                    ports: vec![(443, 443), (8000, 8999)],
+                },
+                AnnouncedRoute {
+                    destination: "fd00::/8".into(),
+                    ports: vec![(0, u16::MAX)],
+                },
+            ],
+        }
+    }
+
+    /// One message per variant, in declaration order.
+    fn every_variant() -> [ControlMessage; 6] {
+        [
+            ControlMessage::Register(register()),
+            ControlMessage::RegisterAccepted(RegisterAccepted {
+                connection_id: u64::MAX,
+                edge_name: "edge-1".into(),
+                heartbeat_interval_ms: 15_000,
+            }),
+            ControlMessage::RegisterRefused(RegisterRefused {
+                reason: RefuseReason::BadProof,
+                message: "proof does not match".into(),
+                retry_after_ms: 30_000,
+            }),
+            ControlMessage::Drain(Drain {
+                grace_ms: 30_000,
+                reason: "shutting down".into(),
+            }),
+            ControlMessage::Heartbeat(Heartbeat { seq: 0 }),
+            ControlMessage::HeartbeatAck(Heartbeat { seq: 1 << 40 }),
+        ]
+    }
+
+    #[test]
+    fn every_variant_round_trips_with_its_declaration_index_as_tag() {
+        for (index, message) in every_variant().iter().enumerate() {
+            let frame = round_trip(message);
+            assert_eq!(usize::from(frame[FRAME_HEADER_LEN]), index, "{message:?}");
+        }
+    }
+
+    #[test]
+    fn every_refuse_reason_round_trips() {
+        let reasons = [
+            RefuseReason::UnknownTunnel,
+            RefuseReason::BadProof,
+            RefuseReason::UnsupportedVersion,
+            RefuseReason::TooManyConnections,
+            RefuseReason::Draining,
+            RefuseReason::Malformed,
+        ];
+        for (index, reason) in reasons.into_iter().enumerate() {
+            let frame = round_trip(&ControlMessage::RegisterRefused(RegisterRefused {
+                reason,
+                message: String::new(),
+                retry_after_ms: 0,
+            }));
+            // Body: variant tag 2, then the reason's tag.
+            assert_eq!(frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 2], [2, index as u8]);
+        }
+    }
+
+    #[test]
+    fn register_layout() {
+        let message = Register {
+            routes: vec![],
+            version: String::new(),
+            ..register()
+        };
+        let frame = round_trip(&ControlMessage::Register(message));
+        let body = &frame[FRAME_HEADER_LEN..];
+        // Fixed-size arrays carry no length prefix.
+        assert_eq!(body[0], 0, "Register tag");
+        assert_eq!(body[1..17], [0xab; 16], "tunnel id");
+        assert_eq!(body[17..49], [0x5a; 32], "proof");
+        assert_eq!(&body[49..65], b"0123456789abcdef", "connector id");
+        assert_eq!(body[65..], [3, 0, 0], "index, empty version, no routes");
+    }
+
+    #[test]
+    fn heartbeat_seq_is_a_varint() {
+        let small = round_trip(&ControlMessage::Heartbeat(Heartbeat { seq: 127 }));
+        assert_eq!(small.len(), FRAME_HEADER_LEN + 2);
+        let large = round_trip(&ControlMessage::Heartbeat(Heartbeat { seq: u64::MAX }));
+        assert_eq!(large.len(), FRAME_HEADER_LEN + 1 + 10);
+    }
 }

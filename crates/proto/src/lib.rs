@@ -11,10 +11,12 @@
 //! See `docs/protocol.md` for the byte layout and the stream lifecycle.
 #![forbid(unsafe_code)]
 
+mod bounded;
 mod codec;
 mod control;
 mod status;
 mod stream;
+mod token;
 
 pub use codec::{decode, encode, DecodeError, Decoded, EncodeError, FrameKind, Message};
 pub use codec::{FRAME_HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION};
@@ -28,3 +30,4 @@ pub use stream::{
     Scheme, StreamHeader, StreamReply, TcpConnect, TlsVerification, RESET_CANCELLED,
     RESET_INTERNAL, RESET_PROTOCOL,
 };
+pub use token::{TokenError, TunnelSecret, TunnelToken, TOKEN_PREFIX};

@@ -153,3 +153,95 @@ impl FromStr for ProxyStatus {
             .ok_or_else(|| UnknownProxyStatus(s.to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list from the Workers VPC binding documentation, in its order.
+    const TOKENS: [&str; 22] = [
+        "connection_refused",
+        "connection_terminated",
+        "connection_timeout",
+        "connection_limit_reached",
+        "destination_unavailable",
+        "destination_not_found",
+        "destination_ip_prohibited",
+        "destination_ip_unroutable",
+        "proxy_loop_detected",
+        "dns_error",
+        "dns_timeout",
+        "tls_protocol_error",
+        "tls_certificate_error",
+        "http_request_error",
+        "http_upgrade_failed",
+        "http_request_denied",
+        "http_protocol_error",
+        "http_response_incomplete",
+        "connection_read_timeout",
+        "connection_write_timeout",
+        "rate_limited",
+        "proxy_internal_error",
+    ];
+
+    #[test]
+    fn token_and_from_str_agree_for_all_22() {
+        for (status, token) in ProxyStatus::ALL.into_iter().zip(TOKENS) {
+            assert_eq!(status.token(), token);
+            assert_eq!(status.to_string(), token);
+            assert_eq!(token.parse::<ProxyStatus>(), Ok(status));
+        }
+    }
+
+    #[test]
+    fn unknown_tokens_are_refused() {
+        for text in ["", "DNS_ERROR", "dns_error ", "dns-error", "http_request_errors"] {
+            assert_eq!(
+                text.parse::<ProxyStatus>(),
+                Err(UnknownProxyStatus(text.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn wire_tags_follow_declaration_order() {
+        for (index, status) in ProxyStatus::ALL.into_iter().enumerate() {
+            let bytes = postcard::to_stdvec(&status).unwrap(); // plain data encodes
+            assert_eq!(bytes, [index as u8], "{status}");
+            assert_eq!(postcard::from_bytes::<ProxyStatus>(&bytes), Ok(status));
+        }
+        assert!(postcard::from_bytes::<ProxyStatus>(&[22]).is_err());
+    }
+
+    #[test]
+    fn http_status_mapping() {
+        let expected: [(ProxyStatus, u16); 22] = [
+            (ProxyStatus::ConnectionRefused, 502),
+            (ProxyStatus::ConnectionTerminated, 502),
+            (ProxyStatus::ConnectionTimeout, 504),
+            (ProxyStatus::ConnectionLimitReached, 503),
+            (ProxyStatus::DestinationUnavailable, 503),
+            (ProxyStatus::DestinationNotFound, 502),
+            (ProxyStatus::DestinationIpProhibited, 502),
+            (ProxyStatus::DestinationIpUnroutable, 502),
+            (ProxyStatus::ProxyLoopDetected, 502),
+            (ProxyStatus::DnsError, 502),
+            (ProxyStatus::DnsTimeout, 504),
+            (ProxyStatus::TlsProtocolError, 502),
+            (ProxyStatus::TlsCertificateError, 502),
+            (ProxyStatus::HttpRequestError, 400),
+            (ProxyStatus::HttpUpgradeFailed, 502),
+            (ProxyStatus::HttpRequestDenied, 502),
+            (ProxyStatus::HttpProtocolError, 502),
+            (ProxyStatus::HttpResponseIncomplete, 502),
+            (ProxyStatus::ConnectionReadTimeout, 504),
+            (ProxyStatus::ConnectionWriteTimeout, 504),
+            (ProxyStatus::RateLimited, 503),
+            (ProxyStatus::ProxyInternalError, 500),
+        ];
+        for (index, (status, code)) in expected.into_iter().enumerate() {
+            assert_eq!(status, ProxyStatus::ALL[index]);
+            assert_eq!(status.http_status(), code, "{status}");
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! Data-stream headers and replies.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::MinWireLen;
 use crate::codec::{FrameKind, Message};
 use crate::status::ProxyStatus;
 
@@ -40,7 +42,9 @@ pub struct DialTarget {
     /// TCP port to dial.
     pub port: u16,
     /// Resolvers to use for a [`Host::Name`] (a VPC Service's `resolver_ips`); empty means
-    /// the connector's own resolver configuration.
+    /// the connector's own resolver configuration. IPv6 flow info and scope ids are not
+    /// carried.
+    #[serde(deserialize_with = "crate::bounded::vec")]
     pub resolvers: Vec<SocketAddr>,
 }
 
@@ -96,6 +100,7 @@ pub struct Header {
     /// Field name, lowercase.
     pub name: String,
     /// Field value.
+    #[serde(deserialize_with = "crate::bounded::vec")]
     pub value: Vec<u8>,
 }
 
@@ -111,6 +116,7 @@ pub struct HttpRequestHead {
     /// Path and query, starting with `/`.
     pub path: String,
     /// End-to-end request headers (hop-by-hop headers already removed).
+    #[serde(deserialize_with = "crate::bounded::vec")]
     pub headers: Vec<Header>,
     /// An explicit dial target (VPC Service binding); `None` means dial the authority (VPC
     /// Network binding).
@@ -129,6 +135,7 @@ pub struct HttpResponseHead {
     /// Status code.
     pub status: u16,
     /// End-to-end response headers.
+    #[serde(deserialize_with = "crate::bounded::vec")]
     pub headers: Vec<Header>,
     /// How the response body is delimited.
     pub body: BodyKind,
@@ -160,4 +167,261 @@ impl Message for StreamHeader {
 
 impl Message for StreamReply {
     const KIND: FrameKind = FrameKind::StreamReply;
+}
+
+impl MinWireLen for Header {
+    /// Empty name (1-byte length) and empty value (1-byte length).
+    const MIN_WIRE_LEN: usize = 2;
+}
+
+impl fmt::Display for Host {
+    /// The host as written in a URL authority: IPv6 addresses in brackets (`[::1]`), IPv4
+    /// addresses and names as they are.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl From<IpAddr> for Host {
+    fn from(ip: IpAddr) -> Self {
+        Host::Ip(ip)
+    }
+}
+
+impl DialTarget {
+    /// A target with no resolver override.
+    pub fn new(host: Host, port: u16) -> Self {
+        DialTarget {
+            host,
+            port,
+            resolvers: Vec::new(),
+        }
+    }
+
+    /// `host:port`, with IPv6 addresses in brackets (`[::1]:6379`): the form of a `CONNECT`
+    /// request target or a URL authority.
+    pub fn authority(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for DialTarget {
+    /// Same as [`DialTarget::authority`]; resolvers are not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl From<SocketAddr> for DialTarget {
+    fn from(addr: SocketAddr) -> Self {
+        DialTarget::new(Host::Ip(addr.ip()), addr.port())
+    }
+}
+
+impl Header {
+    /// A header field; the name is lowercased (ASCII), as the wire format requires.
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        let mut name = name.into();
+        name.make_ascii_lowercase();
+        Header {
+            name,
+            value: value.into(),
+        }
+    }
+}
+
+impl StreamReply {
+    /// A [`StreamReply::Error`] with this Proxy-Status error type and detail.
+    pub fn error(status: ProxyStatus, details: impl Into<String>) -> Self {
+        StreamReply::Error(ProxyErrorReply {
+            status,
+            details: details.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
+    use super::*;
+    use crate::codec::tests::round_trip;
+    use crate::FRAME_HEADER_LEN;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50));
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x50));
+
+    fn hosts() -> [Host; 3] {
+        [Host::Ip(V4), Host::Ip(V6), Host::Name("db.internal".into())]
+    }
+
+    fn request(dial: Option<DialTarget>, body: BodyKind) -> HttpRequestHead {
+        HttpRequestHead {
+            method: "GET".into(),
+            scheme: Scheme::Https,
+            authority: "internal-api.company.local:8443".into(),
+            path: "/users?page=2".into(),
+            headers: vec![
+                Header::new("Accept", "application/json"),
+                Header::new("x-obs-text", vec![0xff, 0x80, b'a']),
+                Header::new("x-empty", ""),
+            ],
+            dial,
+            tls: TlsVerification::VerifyCa,
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+            body,
+        }
+    }
+
+    #[test]
+    fn tcp_connect_round_trips_for_every_host_kind() {
+        for host in hosts() {
+            let mut target = DialTarget::new(host, 5432);
+            round_trip(&StreamHeader::Tcp(TcpConnect {
+                target: target.clone(),
+            }));
+            target.resolvers = vec![
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53)),
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 5353, 0, 0)),
+            ];
+            round_trip(&StreamHeader::Tcp(TcpConnect { target }));
+        }
+    }
+
+    #[test]
+    fn http_request_round_trips() {
+        let bodies = [
+            BodyKind::Empty,
+            BodyKind::Length(0),
+            BodyKind::Length(u64::MAX),
+            BodyKind::Streaming,
+            BodyKind::Upgrade,
+        ];
+        for body in bodies {
+            round_trip(&StreamHeader::Http(request(None, body)));
+        }
+        for host in hosts() {
+            let dial = DialTarget {
+                host,
+                port: 443,
+                resolvers: vec![SocketAddr::new(V4, 53)],
+            };
+            round_trip(&StreamHeader::Http(request(Some(dial), BodyKind::Empty)));
+        }
+        let mut plain = request(None, BodyKind::Streaming);
+        plain.scheme = Scheme::Http;
+        plain.tls = TlsVerification::Disabled;
+        plain.ca_pem = None;
+        plain.headers.clear();
+        round_trip(&StreamHeader::Http(plain));
+    }
+
+    #[test]
+    fn every_reply_variant_round_trips() {
+        let replies = [
+            StreamReply::Http(HttpResponseHead {
+                status: 101,
+                headers: vec![Header::new("Upgrade", "websocket")],
+                body: BodyKind::Upgrade,
+            }),
+            StreamReply::TcpAccepted,
+            StreamReply::error(ProxyStatus::DnsError, "NXDOMAIN for db.internal"),
+        ];
+        for (index, reply) in replies.iter().enumerate() {
+            let frame = round_trip(reply);
+            assert_eq!(usize::from(frame[FRAME_HEADER_LEN]), index, "{reply:?}");
+        }
+        for status in ProxyStatus::ALL {
+            round_trip(&StreamReply::error(status, ""));
+        }
+    }
+
+    /// The first byte of a value's encoding: its variant tag, for an enum.
+    fn tag<T: Serialize>(value: &T) -> u8 {
+        postcard::to_stdvec(value).expect("plain data encodes")[0]
+    }
+
+    #[test]
+    fn enum_tags_follow_declaration_order() {
+        assert_eq!(tag(&StreamHeader::Http(request(None, BodyKind::Empty))), 0);
+        let tcp = StreamHeader::Tcp(TcpConnect {
+            target: DialTarget::new(Host::Ip(V4), 1),
+        });
+        assert_eq!(tag(&tcp), 1);
+        let host_tags: Vec<u8> = hosts().iter().map(tag).collect();
+        assert_eq!(host_tags, [0, 0, 1]);
+        assert_eq!(tag(&IpAddr::V4(Ipv4Addr::LOCALHOST)), 0);
+        assert_eq!(tag(&IpAddr::V6(Ipv6Addr::LOCALHOST)), 1);
+        assert_eq!(tag(&Scheme::Http), 0);
+        assert_eq!(tag(&Scheme::Https), 1);
+        assert_eq!(tag(&TlsVerification::VerifyFull), 0);
+        assert_eq!(tag(&TlsVerification::VerifyCa), 1);
+        assert_eq!(tag(&TlsVerification::Disabled), 2);
+        assert_eq!(tag(&BodyKind::Empty), 0);
+        assert_eq!(tag(&BodyKind::Length(5)), 1);
+        assert_eq!(tag(&BodyKind::Streaming), 2);
+        assert_eq!(tag(&BodyKind::Upgrade), 3);
+        assert_eq!(TlsVerification::default(), TlsVerification::VerifyFull);
+    }
+
+    /// The size of the header of a typical `connect()`: IPv4 destination, no resolvers.
+    #[test]
+    fn tcp_connect_header_size() {
+        let header = StreamHeader::Tcp(TcpConnect {
+            target: DialTarget::new(Host::Ip(V4), 6379),
+        });
+        let frame = round_trip(&header);
+        println!("encoded TCP-connect header to 10.0.1.50:6379: {} bytes", frame.len());
+        assert_eq!(
+            frame[..],
+            [
+                1, 2, 0, 0, 0, 10, // version, kind, body length
+                1,  // StreamHeader::Tcp
+                0,  // Host::Ip
+                0,  // IpAddr::V4
+                10, 0, 1, 50, // octets
+                0xeb, 0x31, // port 6379 as a varint
+                0,    // no resolvers
+            ]
+        );
+        assert_eq!(frame.len(), 16);
+        // A port below 128 takes one byte less; IPv6 takes 12 more; a name its length + 1.
+        let sizes = [
+            (DialTarget::new(Host::Ip(V4), 80), 15),
+            (DialTarget::new(Host::Ip(V6), 6379), 28),
+            (DialTarget::new(Host::Name("db.internal".into()), 5432), 23),
+        ];
+        for (target, size) in sizes {
+            let frame = round_trip(&StreamHeader::Tcp(TcpConnect { target }));
+            assert_eq!(frame.len(), size);
+        }
+    }
+
+    #[test]
+    fn host_and_authority_display() {
+        assert_eq!(Host::Ip(V4).to_string(), "10.0.1.50");
+        assert_eq!(Host::Ip(V6).to_string(), "[fd00::50]");
+        assert_eq!(Host::Name("db.internal".into()).to_string(), "db.internal");
+        assert_eq!(DialTarget::new(Host::Ip(V4), 6379).authority(), "10.0.1.50:6379");
+        assert_eq!(
+            DialTarget::new(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 6379).authority(),
+            "[::1]:6379"
+        );
+        assert_eq!(
+            DialTarget::from(SocketAddr::new(V6, 443)).to_string(),
+            "[fd00::50]:443"
+        );
+        assert_eq!(Host::from(V4), Host::Ip(V4));
+    }
+
+    #[test]
+    fn header_new_lowercases_the_name() {
+        let header = Header::new("Content-Type", "text/plain");
+        assert_eq!(header.name, "content-type");
+        assert_eq!(header.value, b"text/plain");
+    }
 }

@@ -1,0 +1,242 @@
+//! HTTP exchanges over a stream: header conversion and bodies without buffering.
+//!
+//! A body travels as raw bytes after the head frame and ends where the sender finishes its
+//! direction of the stream; nothing is buffered whole. [`RecvBody`] turns the receiving half
+//! into an [`http_body::Body`]; [`send_body`] pumps any body into the sending half.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use underpass_proto::{BodyKind, Header, RESET_CANCELLED};
+use underpass_transport::{RecvStream, SendStream, StreamError};
+
+/// Largest chunk taken from the stream per body frame.
+const BODY_CHUNK: usize = 256 * 1024;
+
+/// Header fields that are meaningful only for one hop (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Convert a header map to wire headers, dropping hop-by-hop fields and any field named in
+/// `Connection`. With `keep_upgrade`, `Upgrade` is kept (for a protocol-upgrade request or a
+/// `101` response; the receiving side re-adds `Connection: upgrade`).
+pub fn headers_to_wire(headers: &HeaderMap, keep_upgrade: bool) -> Vec<Header> {
+    let named_in_connection: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            if keep_upgrade && name == "upgrade" {
+                return true;
+            }
+            !HOP_BY_HOP.contains(&name) && !named_in_connection.iter().any(|n| n == name)
+        })
+        .map(|(name, value)| Header {
+            name: name.as_str().to_owned(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Convert wire headers back to a header map. Fields that are not valid HTTP are dropped
+/// (the peer is trusted to send valid ones; a bad one must not abort the exchange).
+pub fn wire_to_headers(headers: &[Header]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for header in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(&header.value),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    map
+}
+
+/// How a body of this size hint is delimited on the wire.
+pub fn body_kind(hint: &SizeHint, is_end_stream: bool) -> BodyKind {
+    if is_end_stream {
+        BodyKind::Empty
+    } else {
+        match hint.exact() {
+            Some(0) => BodyKind::Empty,
+            Some(len) => BodyKind::Length(len),
+            None => BodyKind::Streaming,
+        }
+    }
+}
+
+/// Why pumping a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body source failed (client went away, origin reset).
+    #[error("body source failed: {0}")]
+    Source(String),
+    /// The stream failed (peer reset or stopped it, connection lost).
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// Send every data frame of `body` on `send`, then finish the stream. Trailers are dropped.
+///
+/// On a source error the stream is reset with [`RESET_CANCELLED`], so the peer aborts too.
+pub async fn send_body<B, S>(body: B, send: &mut S) -> Result<u64, BodyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+    S: SendStream,
+{
+    let mut body = std::pin::pin!(body);
+    let mut sent = 0u64;
+    loop {
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        match frame {
+            None => {
+                send.finish()?;
+                return Ok(sent);
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        sent += data.len() as u64;
+                        send.write_chunk(data).await?;
+                    }
+                }
+            }
+            Some(Err(err)) => {
+                send.reset(RESET_CANCELLED);
+                return Err(BodyError::Source(err.to_string()));
+            }
+        }
+    }
+}
+
+type ReadFuture<R> =
+    Pin<Box<dyn Future<Output = (R, Result<Option<Bytes>, StreamError>)> + Send + 'static>>;
+
+/// The rest of a receiving stream as an HTTP body.
+///
+/// Dropping it before the end stops the stream with [`RESET_CANCELLED`], so the sender learns
+/// at once that nobody reads any more (this is how cancellation travels back).
+pub struct RecvBody<R: RecvStream> {
+    state: State<R>,
+    remaining: Option<u64>,
+}
+
+enum State<R> {
+    Idle(R),
+    Reading(ReadFuture<R>),
+    Done,
+}
+
+impl<R: RecvStream> RecvBody<R> {
+    /// Wrap a stream; `kind` gives the size hint (an exact length is checked on the way).
+    pub fn new(recv: R, kind: BodyKind) -> Self {
+        let (state, remaining) = match kind {
+            BodyKind::Empty => (State::Done, Some(0)),
+            BodyKind::Length(len) => (State::Idle(recv), Some(len)),
+            BodyKind::Streaming | BodyKind::Upgrade => (State::Idle(recv), None),
+        };
+        RecvBody { state, remaining }
+    }
+}
+
+// The stream is only ever moved (into the boxed read future and back), never pinned in place.
+impl<R: RecvStream> Unpin for RecvBody<R> {}
+
+impl<R: RecvStream> Body for RecvBody<R> {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        loop {
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Done => return Poll::Ready(None),
+                State::Idle(mut recv) => {
+                    self.state = State::Reading(Box::pin(async move {
+                        let result = recv.read_chunk(BODY_CHUNK).await;
+                        (recv, result)
+                    }));
+                }
+                State::Reading(mut future) => {
+                    let (recv, result) = match future.as_mut().poll(cx) {
+                        Poll::Pending => {
+                            self.state = State::Reading(future);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(output) => output,
+                    };
+                    return Poll::Ready(match result {
+                        Ok(Some(chunk)) => {
+                            if let Some(remaining) = self.remaining.as_mut() {
+                                match remaining.checked_sub(chunk.len() as u64) {
+                                    Some(left) => *remaining = left,
+                                    None => return Poll::Ready(Some(Err(StreamError::Closed))),
+                                }
+                            }
+                            // A body of known length is complete at its last byte; the
+                            // stream's end is not waited for.
+                            if self.remaining != Some(0) {
+                                self.state = State::Idle(recv);
+                            }
+                            Some(Ok(Frame::data(chunk)))
+                        }
+                        Ok(None) => {
+                            if self.remaining.is_some_and(|left| left > 0) {
+                                Some(Err(StreamError::Closed))
+                            } else {
+                                None
+                            }
+                        }
+                        Err(err) => Some(Err(err)),
+                    });
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl<R: RecvStream> Drop for RecvBody<R> {
+    fn drop(&mut self) {
+        if let State::Idle(recv) = &mut self.state {
+            recv.stop(RESET_CANCELLED);
+        }
+        // A body dropped mid-read drops its future, and with it the stream: the transport
+        // stops the stream when its receiving half is dropped unfinished.
+    }
+}

@@ -1,0 +1,179 @@
+//! A TCP socket spliced to a transport stream, both directions, with true half-close.
+//!
+//! - socket EOF → the stream's send side is finished; the other direction keeps flowing;
+//! - stream end (peer finished) → the socket's write side is shut down (`shutdown(SHUT_WR)`);
+//! - a reset or stop from the peer, or a socket error, tears both directions down at once and
+//!   closes the socket; the peer sees a reset with [`RESET_CANCELLED`].
+//!
+//! Idle pipes hold no read buffer: a buffer is taken only when the socket is readable and
+//! released when it would block, so thousands of idle streams cost little memory.
+
+use std::io;
+use std::pin::pin;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::debug;
+use underpass_proto::RESET_CANCELLED;
+use underpass_transport::{RecvStream, SendStream, StreamError};
+
+/// Bytes asked of the socket per read under load; big reads mean fewer, larger stream chunks.
+const SOCKET_READ_BUF: usize = 256 * 1024;
+/// Largest chunk taken from the stream per read.
+const STREAM_READ_CHUNK: usize = 256 * 1024;
+/// Reads smaller than this are copied into an exact-size buffer instead of pinning a large one.
+const SMALL_READ: usize = 4 * 1024;
+
+/// How a pipe ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipeOutcome {
+    /// Both directions ended with a clean end-of-stream.
+    Closed,
+    /// The stream's peer reset or stopped it.
+    StreamAborted(StreamError),
+    /// The socket failed (reset, broken pipe) or the stream's connection was lost.
+    SocketFailed(String),
+}
+
+/// What went through a pipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeStats {
+    /// Bytes read from the socket and sent on the stream.
+    pub socket_to_stream: u64,
+    /// Bytes read from the stream and written to the socket.
+    pub stream_to_socket: u64,
+    /// How it ended.
+    pub outcome: PipeOutcome,
+}
+
+enum Failure {
+    Stream(StreamError),
+    Socket(io::Error),
+}
+
+/// Splice `socket` and the stream (`send`, `recv`) until both directions end or one fails.
+///
+/// `initial` is sent on the stream before anything read from the socket (bytes a protocol
+/// layer already read off the socket, such as those after an HTTP `CONNECT`).
+pub async fn pipe_tcp<S, R>(
+    socket: TcpStream,
+    initial: Option<Bytes>,
+    mut send: S,
+    mut recv: R,
+) -> PipeStats
+where
+    S: SendStream,
+    R: RecvStream,
+{
+    let (socket_read, mut socket_write) = socket.into_split();
+    let mut up_bytes = 0u64;
+    let mut down_bytes = 0u64;
+    let failure = {
+        let up = pin!(async {
+            if let Some(initial) = initial.filter(|b| !b.is_empty()) {
+                up_bytes += initial.len() as u64;
+                send.write_chunk(initial).await.map_err(Failure::Stream)?;
+            }
+            let mut buf = BytesMut::new();
+            loop {
+                if buf.capacity() - buf.len() < SOCKET_READ_BUF / 4 {
+                    buf.reserve(SOCKET_READ_BUF);
+                }
+                match socket_read.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        send.finish().map_err(Failure::Stream)?;
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        up_bytes += n as u64;
+                        let chunk = if n < SMALL_READ {
+                            let small = Bytes::copy_from_slice(&buf);
+                            buf.clear();
+                            small
+                        } else {
+                            buf.split().freeze()
+                        };
+                        send.write_chunk(chunk).await.map_err(Failure::Stream)?;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        // Nothing to read: hold no buffer while idle.
+                        buf = BytesMut::new();
+                        socket_read.readable().await.map_err(Failure::Socket)?;
+                    }
+                    Err(err) => return Err(Failure::Socket(err)),
+                }
+            }
+        });
+        let down = pin!(async {
+            loop {
+                match recv.read_chunk(STREAM_READ_CHUNK).await {
+                    Ok(Some(chunk)) => {
+                        down_bytes += chunk.len() as u64;
+                        socket_write
+                            .write_all(&chunk)
+                            .await
+                            .map_err(Failure::Socket)?;
+                    }
+                    Ok(None) => {
+                        socket_write.shutdown().await.map_err(Failure::Socket)?;
+                        return Ok(());
+                    }
+                    Err(err) => return Err(Failure::Stream(err)),
+                }
+            }
+        });
+        run_both(up, down).await
+    };
+    let outcome = match failure {
+        None => PipeOutcome::Closed,
+        Some(failure) => {
+            send.reset(RESET_CANCELLED);
+            recv.stop(RESET_CANCELLED);
+            match failure {
+                Failure::Stream(
+                    err @ (StreamError::Reset(_) | StreamError::Stopped(_) | StreamError::Closed),
+                ) => PipeOutcome::StreamAborted(err),
+                Failure::Stream(err) => PipeOutcome::SocketFailed(err.to_string()),
+                Failure::Socket(err) => PipeOutcome::SocketFailed(err.to_string()),
+            }
+        }
+    };
+    // Dropping both socket halves closes the socket now, whatever the other side does.
+    drop(socket_read);
+    drop(socket_write);
+    debug!(
+        up = up_bytes,
+        down = down_bytes,
+        outcome = ?outcome,
+        "pipe ended"
+    );
+    PipeStats {
+        socket_to_stream: up_bytes,
+        stream_to_socket: down_bytes,
+        outcome,
+    }
+}
+
+/// Drive both directions until both succeed or the first fails.
+async fn run_both<U, D>(mut up: U, mut down: D) -> Option<Failure>
+where
+    U: std::future::Future<Output = Result<(), Failure>> + Unpin,
+    D: std::future::Future<Output = Result<(), Failure>> + Unpin,
+{
+    let mut up_done = false;
+    let mut down_done = false;
+    while !(up_done && down_done) {
+        tokio::select! {
+            result = &mut up, if !up_done => match result {
+                Ok(()) => up_done = true,
+                Err(failure) => return Some(failure),
+            },
+            result = &mut down, if !down_done => match result {
+                Ok(()) => down_done = true,
+                Err(failure) => return Some(failure),
+            },
+        }
+    }
+    None
+}
