@@ -1,1 +1,2 @@
 //! underpass-edge
+pub mod fetch;

@@ -81,9 +81,8 @@ pub trait Connection: Clone + Send + Sync + 'static {
     type Recv: RecvStream;
 
     /// Open a new bidirectional stream. The peer learns of it when the first bytes arrive.
-    fn open_bi(
-        &self,
-    ) -> impl Future<Output = Result<(Self::Send, Self::Recv), StreamError>> + Send;
+    fn open_bi(&self)
+        -> impl Future<Output = Result<(Self::Send, Self::Recv), StreamError>> + Send;
 
     /// Accept the next bidirectional stream the peer opened. Cancel-safe.
     fn accept_bi(

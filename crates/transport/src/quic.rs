@@ -66,7 +66,9 @@ impl QuicSettings {
     /// The quinn transport configuration these settings describe.
     pub fn transport_config(&self) -> Result<TransportConfig, TransportError> {
         if self.idle_timeout.is_zero() {
-            return Err(TransportError::Settings("idle_timeout must be above zero".into()));
+            return Err(TransportError::Settings(
+                "idle_timeout must be above zero".into(),
+            ));
         }
         if self.keep_alive >= self.idle_timeout {
             return Err(TransportError::Settings(format!(
@@ -146,11 +148,9 @@ impl QuicListener {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(settings.transport_config()?));
 
-        let (socket, buffers) = socket::bind_udp(addr, settings.socket_buffer)
-            .map_err(TransportError::Bind)?;
-        let local_addr = socket
-            .local_addr()
-            .map_err(TransportError::Bind)?;
+        let (socket, buffers) =
+            socket::bind_udp(addr, settings.socket_buffer).map_err(TransportError::Bind)?;
+        let local_addr = socket.local_addr().map_err(TransportError::Bind)?;
         let endpoint = quinn::Endpoint::new(
             EndpointConfig::default(),
             Some(server),
@@ -185,7 +185,8 @@ impl QuicListener {
     /// Close the endpoint at once: every connection is closed and [`accept`](Self::accept)
     /// returns `None` once pending handshakes have ended.
     pub fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"edge shutting down");
+        self.endpoint
+            .close(VarInt::from_u32(0), b"edge shutting down");
     }
 
     /// Wait until every connection of this endpoint has been cleanly shut down (after
@@ -241,8 +242,8 @@ impl QuicDialer {
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(Arc::new(settings.transport_config()?));
 
-        let (socket, buffers) = socket::bind_udp(bind, settings.socket_buffer)
-            .map_err(TransportError::Bind)?;
+        let (socket, buffers) =
+            socket::bind_udp(bind, settings.socket_buffer).map_err(TransportError::Bind)?;
         let mut endpoint = quinn::Endpoint::new(
             EndpointConfig::default(),
             None,
@@ -278,7 +279,8 @@ impl QuicDialer {
 
     /// Close every connection of this dialer at once.
     pub fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"connector shutting down");
+        self.endpoint
+            .close(VarInt::from_u32(0), b"connector shutting down");
     }
 
     /// Wait until every connection of this dialer has been cleanly shut down.

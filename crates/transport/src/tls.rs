@@ -103,9 +103,7 @@ pub fn client_config(
                     "{ignored} certificate(s) could not be parsed as trust anchors"
                 )));
             }
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         }
         EdgeVerification::SystemRoots => {
             let loaded = rustls_native_certs::load_native_certs();
@@ -119,9 +117,7 @@ pub fn client_config(
                     "no usable certificate in the system trust store".into(),
                 ));
             }
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         }
         EdgeVerification::Pin(pin) => builder
             .dangerous()
@@ -165,7 +161,9 @@ pub fn cert_pin(der: &[u8]) -> [u8; 32] {
 pub fn pem_first_cert_pin(pem: &[u8]) -> Result<[u8; 32], TlsError> {
     let certs = parse_certs(pem, "certificate PEM")?;
     // parse_certs never returns an empty list.
-    let first = certs.first().ok_or(TlsError::NoCertificate("certificate PEM"))?;
+    let first = certs
+        .first()
+        .ok_or(TlsError::NoCertificate("certificate PEM"))?;
     Ok(cert_pin(first.as_ref()))
 }
 
@@ -202,9 +200,13 @@ impl DevPki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params.distinguished_name = DistinguishedName::new();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Underpass edge CA");
+        // A name unique to this CA, so that a client trusting another edge's CA cannot mistake
+        // it for this one's issuer and reports an unknown issuer rather than a bad signature.
+        let key_id = cert_pin(&ca_key.public_key_der());
+        ca_params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Underpass edge CA {}", hex(&key_id[..8])),
+        );
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -244,10 +246,17 @@ struct PinVerifier {
 }
 
 /// The edge's chain did not contain the pinned CA certificate.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("edge certificate chain does not contain the pinned CA (sha256:{pin})")]
 struct PinNotFound {
     pin: String,
+}
+
+// rustls shows certificate errors with `Debug`: make that the readable sentence.
+impl fmt::Debug for PinNotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl PinVerifier {
@@ -374,10 +383,7 @@ impl ServerCertVerifier for NoVerifier {
 }
 
 /// All certificates in a PEM input; an error if there are none.
-fn parse_certs(
-    pem: &[u8],
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
@@ -393,11 +399,13 @@ fn parse_certs(
 /// Lower-case hex, for pins in logs and `Debug` output.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

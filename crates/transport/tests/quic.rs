@@ -78,7 +78,13 @@ async fn dial(
 async fn pair() -> anyhow::Result<(QuicConnection, QuicConnection, QuicListener)> {
     let pki = pki();
     let listener = edge(&pki, ALPN)?;
-    let client = dial(&listener, &EdgeVerification::Pin(pki.ca_pin), ALPN, EDGE_NAME).await??;
+    let client = dial(
+        &listener,
+        &EdgeVerification::Pin(pki.ca_pin),
+        ALPN,
+        EDGE_NAME,
+    )
+    .await??;
     let server = listener.accept().await.context("listener closed")?;
     Ok((client, server, listener))
 }
@@ -197,14 +203,21 @@ async fn pin_also_checks_the_ip_name() -> anyhow::Result<()> {
     guarded(async {
         let pki = pki();
         let listener = edge(&pki, ALPN)?;
-        dial(&listener, &EdgeVerification::Pin(pki.ca_pin), ALPN, "127.0.0.1").await??;
+        dial(
+            &listener,
+            &EdgeVerification::Pin(pki.ca_pin),
+            ALPN,
+            "127.0.0.1",
+        )
+        .await??;
+        listener.accept().await.context("listener closed")?;
         expect_refused(
             &listener,
             &pki,
             &EdgeVerification::Pin(pki.ca_pin),
             ALPN,
             "127.0.0.2",
-            "NotValidForName",
+            "not valid for name",
         )
         .await
     })
@@ -261,7 +274,15 @@ async fn unknown_ca_is_refused() -> anyhow::Result<()> {
         let other = self::pki();
         let listener = edge(&pki, ALPN)?;
         let verification = EdgeVerification::CaPem(other.ca_cert_pem.into_bytes());
-        expect_refused(&listener, &pki, &verification, ALPN, EDGE_NAME, "UnknownIssuer").await
+        expect_refused(
+            &listener,
+            &pki,
+            &verification,
+            ALPN,
+            EDGE_NAME,
+            "UnknownIssuer",
+        )
+        .await
     })
     .await
 }
@@ -278,7 +299,7 @@ async fn name_mismatch_is_refused() -> anyhow::Result<()> {
             &verification,
             ALPN,
             "other.underpass.test",
-            "NotValidForName",
+            "not valid for name",
         )
         .await
     })
@@ -357,7 +378,10 @@ async fn half_close_keeps_the_other_direction_open() -> anyhow::Result<()> {
         // The client's direction is done; the server's is still open.
         assert_eq!(s_recv.read_chunk(64).await?, None);
         s_send.write_chunk(Bytes::from_static(b"+PONG\r\n")).await?;
-        let first = c_recv.read_chunk(64).await?.context("early end of stream")?;
+        let first = c_recv
+            .read_chunk(64)
+            .await?
+            .context("early end of stream")?;
         assert_eq!(&first[..], b"+PONG\r\n");
         s_send.write_chunk(Bytes::from_static(b"more")).await?;
         s_send.finish()?;
@@ -516,7 +540,10 @@ async fn close_is_observed_by_both_sides() -> anyhow::Result<()> {
             }
             other => bail!("unexpected {other:?}"),
         }
-        assert!(matches!(server.closed().await, StreamError::ConnectionLost(_)));
+        assert!(matches!(
+            server.closed().await,
+            StreamError::ConnectionLost(_)
+        ));
         assert!(matches!(
             c_recv.read_chunk(10).await,
             Err(StreamError::ConnectionLost(_))
@@ -536,7 +563,10 @@ async fn closing_the_listener_ends_accept_and_connections() -> anyhow::Result<()
         let (client, _server, listener) = pair().await?;
         listener.close();
         assert!(listener.accept().await.is_none());
-        assert!(matches!(client.closed().await, StreamError::ConnectionLost(_)));
+        assert!(matches!(
+            client.closed().await,
+            StreamError::ConnectionLost(_)
+        ));
         Ok(())
     })
     .await
@@ -552,7 +582,10 @@ async fn socket_buffers_are_reported() -> anyhow::Result<()> {
             ("edge", listener.socket_buffers()),
             ("connector", dialer.socket_buffers()),
         ] {
-            println!("{side} socket buffers: {buffers:?} capped={}", buffers.capped());
+            println!(
+                "{side} socket buffers: {buffers:?} capped={}",
+                buffers.capped()
+            );
             assert_eq!(buffers.requested, QuicSettings::default().socket_buffer);
             assert!(buffers.recv > 0 && buffers.send > 0, "{buffers:?}");
         }
