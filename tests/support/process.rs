@@ -71,7 +71,10 @@ impl ChildGuard {
     pub fn output(&self) -> String {
         let out = read_lossy(&self.stdout);
         let err = read_lossy(&self.stderr);
-        format!("--- {} stdout ---\n{out}--- {} stderr ---\n{err}", self.name, self.name)
+        format!(
+            "--- {} stdout ---\n{out}--- {} stderr ---\n{err}",
+            self.name, self.name
+        )
     }
 
     /// Kills the process (SIGKILL) and reaps it. Idempotent.

@@ -1,1 +1,45 @@
-//! underpass-connector
+//! The Underpass connector: runs on a private host, dials out to the edge over QUIC, registers
+//! its tunnel, and serves the streams the edge opens by checking each destination against its
+//! own route table, resolving names inside the private network and dialing the private service.
+//!
+//! - [`config`]: the TOML configuration, validated once before anything is dialed;
+//! - [`dial`]: route check, resolution ([`resolve`]), deny-list re-check, Happy Eyeballs;
+//! - [`agent`]: the connection supervisor ([`Connector`], [`ConnectorHandle`]);
+//! - [`cli`]: the `underpass` command line.
+//!
+//! Embedding or testing:
+//!
+//! ```no_run
+//! # use underpass_proto::TunnelToken;
+//! # async fn example(token: TunnelToken) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use underpass_connector::{Connector, ConnectorConfig};
+//!
+//! let config = ConnectorConfig::builder(token)
+//!     .route_ports("127.20.0.0/16", "6379")
+//!     .deny(&["127.20.66.0/24"])
+//!     .resolvers(&["127.0.0.53:53".parse()?])
+//!     .build()?;
+//! let connector = Connector::start(config)?;
+//! connector.wait_registered(Duration::from_secs(10)).await?;
+//! // ... traffic ...
+//! connector.shutdown().await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod agent;
+mod backoff;
+pub mod cli;
+pub mod config;
+pub mod dial;
+mod http;
+pub mod origin;
+pub mod resolve;
+mod session;
+mod stream;
+
+pub use agent::{run, ConnectionState, Connector, ConnectorError, ConnectorHandle, WaitError};
+pub use config::{ConfigError, ConnectorConfig, ConnectorConfigBuilder, Overrides};
+pub use dial::Dialer;
+pub use session::{CLOSE_CONTROL_LOST, CLOSE_NORMAL, CLOSE_PROTOCOL};

@@ -21,8 +21,8 @@ use tracing::{debug, warn};
 use underpass_mux::http::{body_kind, headers_to_wire, send_body, wire_to_headers, RecvBody};
 use underpass_mux::{open_http, pipe_tcp, MuxError};
 use underpass_proto::{
-    BodyKind, DialTarget, Host, HttpRequestHead, ProxyStatus, Scheme, StreamReply,
-    TlsVerification, RESET_CANCELLED,
+    BodyKind, DialTarget, Host, HttpRequestHead, ProxyStatus, Scheme, StreamReply, TlsVerification,
+    RESET_CANCELLED,
 };
 use underpass_transport::{Connection, RecvStream, SendStream};
 
@@ -107,17 +107,16 @@ pub struct AbsoluteTarget {
 
 /// Parse the request target of a `fetch()`: it must be absolute (`http://host/path`).
 pub fn parse_absolute(uri: &http::Uri) -> Result<AbsoluteTarget, String> {
-    let scheme = match uri.scheme_str() {
-        Some("http") => Scheme::Http,
-        Some("https") => Scheme::Https,
-        Some(other) => return Err(format!("unsupported URL scheme {other:?}")),
-        None => {
-            return Err(
+    let scheme =
+        match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => return Err(format!("unsupported URL scheme {other:?}")),
+            None => return Err(
                 "fetch() needs an absolute URL (http://host/path); got a relative request target"
                     .to_owned(),
-            )
-        }
-    };
+            ),
+        };
     let authority = uri
         .authority()
         .ok_or_else(|| "the URL has no host".to_owned())?;
@@ -128,9 +127,7 @@ pub fn parse_absolute(uri: &http::Uri) -> Result<AbsoluteTarget, String> {
     if raw_host.is_empty() {
         return Err("the URL has no host".to_owned());
     }
-    let unbracketed = raw_host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'));
+    let unbracketed = raw_host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
     let host = match unbracketed {
         Some(v6) => Host::Ip(
             v6.parse::<IpAddr>()
@@ -432,7 +429,10 @@ mod tests {
             false,
         );
         let dial = head.dial.unwrap();
-        assert_eq!((dial.host, dial.port), (Host::Name("db.internal".into()), 443));
+        assert_eq!(
+            (dial.host, dial.port),
+            (Host::Name("db.internal".into()), 443)
+        );
         assert_eq!(head.body, BodyKind::Length(3));
     }
 

@@ -11,15 +11,20 @@
 //! fewest bytes one element takes on the wire ([`MinWireLen`]); since a frame body is at most
 //! [`MAX_FRAME_LEN`] bytes, no valid frame holds more than `MAX_FRAME_LEN / MIN_WIRE_LEN`
 //! elements in one `Vec`. A longer length prefix is refused before anything is reserved, and
-//! the element count is checked again while reading, so the bound holds whatever size hint
-//! the deserializer gives.
+//! so is one longer than the bytes left in the frame (postcard then gives no size hint). A
+//! length that passes both checks is reserved at once, so the `Vec` is never regrown and
+//! copied; the element count is checked again while reading.
 //!
 //! The resulting bound on one `Vec` is `MAX_FRAME_LEN / MIN_WIRE_LEN * size_of::<T>()` bytes.
-//! The largest is `Vec<Header>` (and `Vec<AnnouncedRoute>`): 32 768 × 48 bytes = 1.5 MiB, which
-//! is exactly what a legitimate 64 KiB frame of empty headers needs. Strings are allocated only
-//! after postcard has checked that their bytes are present, so they never exceed the frame.
-//! Decoding one frame therefore allocates at most about 26 × [`MAX_FRAME_LEN`] (1.6 MiB) in
-//! total; `tests/alloc.rs` measures it with a counting allocator.
+//! The largest is `Vec<AnnouncedRoute>` (and `Vec<Header>`): 32 768 × 48 bytes = 1.5 MiB, which
+//! is exactly what a legitimate 64 KiB frame of empty routes needs. Only two `Vec`s are ever
+//! being filled at once (an outer one and one inside its current element); the worst pair is a
+//! `Register` claiming 32 768 routes whose first route claims 32 768 port ranges (128 KiB):
+//! 26 × [`MAX_FRAME_LEN`] in all. Strings are allocated only after postcard has checked that
+//! their bytes are present, so together with error messages they stay under one more
+//! [`MAX_FRAME_LEN`]. Decoding one frame therefore allocates at most 27 × [`MAX_FRAME_LEN`]
+//! (1.7 MB) in total, and a frame of `n` body bytes whose length prefixes do not fit it
+//! allocates almost nothing; `tests/alloc.rs` measures both with a counting allocator.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -79,11 +84,7 @@ where
     type Value = Vec<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a sequence of at most {} elements",
-            max_elements::<T>()
-        )
+        write!(f, "a sequence of at most {} elements", max_elements::<T>())
     }
 
     fn visit_seq<A>(self, mut seq: A) -> Result<Vec<T>, A::Error>
@@ -91,10 +92,17 @@ where
         A: SeqAccess<'de>,
     {
         let limit = max_elements::<T>();
-        // postcard gives the length prefix as the hint when the input still holds at least
-        // that many bytes, and no hint otherwise. Either way the hint is checked against the
-        // per-frame limit before it decides any reservation.
-        let hint = seq.size_hint().unwrap_or(0);
+        // Every element takes at least one byte, so a valid length prefix never exceeds the
+        // bytes left in the frame. postcard reading from a slice passes the length prefix on
+        // as the hint exactly when it does not exceed them, and gives no hint otherwise: no
+        // hint means a length that cannot be valid, refused before anything is reserved
+        // (reading on would grow the `Vec` element by element, copying it on every doubling).
+        // The round-trip tests fail loudly if a postcard release ever stops giving hints.
+        let Some(hint) = seq.size_hint() else {
+            return Err(A::Error::custom(
+                "sequence length exceeds the bytes left in the frame",
+            ));
+        };
         if hint > limit {
             return Err(A::Error::invalid_length(hint, &self));
         }
@@ -158,6 +166,17 @@ mod tests {
         let plain = postcard::to_stdvec(&vec![7u8; MAX_FRAME_LEN]).unwrap(); // plain data
         let decoded: Bytes = postcard::from_bytes(&plain).unwrap(); // valid encoding
         assert_eq!(decoded.0.len(), MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn length_beyond_the_remaining_bytes_is_refused() {
+        // Claims 4 bytes, holds 3: refused before any element is read.
+        let input = [4, 1, 2, 3];
+        let err = postcard::from_bytes::<Bytes>(&input).unwrap_err(); // asserted invalid
+        assert_eq!(err, postcard::Error::SerdeDeCustom);
+        // Exactly enough bytes is fine.
+        let decoded: Bytes = postcard::from_bytes(&[3, 1, 2, 3]).unwrap(); // valid encoding
+        assert_eq!(decoded, Bytes(vec![1, 2, 3]));
     }
 
     #[test]

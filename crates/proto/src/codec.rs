@@ -108,8 +108,8 @@ pub fn encode<M: Message>(message: &M, dst: &mut BytesMut) -> Result<(), EncodeE
 /// waiting for its body.
 ///
 /// Never panics. The body is parsed in place from `src`; the only allocations are those of the
-/// decoded message itself, bounded as described in the crate's `bounded` module (at most about
-/// 26 × [`MAX_FRAME_LEN`] for the largest frame, whatever its length prefixes claim).
+/// decoded message itself: at most 27 × [`MAX_FRAME_LEN`] (1.7 MB) in all, whatever the
+/// frame's length prefixes claim (see the crate's `bounded` module and `docs/protocol.md`).
 pub fn decode<M: Message>(src: &[u8]) -> Result<Decoded<M>, DecodeError> {
     if let Some(&version) = src.first() {
         if version != PROTOCOL_VERSION {
@@ -155,8 +155,8 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{ControlMessage, DialTarget, Heartbeat, Host, StreamHeader, StreamReply};
     use crate::{BodyKind, Header, HttpRequestHead, Scheme, TcpConnect, TlsVerification};
+    use crate::{ControlMessage, DialTarget, Heartbeat, Host, StreamHeader, StreamReply};
 
     /// Encode `message` alone, check it decodes back to itself using every byte, and return
     /// the frame.

@@ -208,7 +208,10 @@ mod tests {
                 retry_after_ms: 0,
             }));
             // Body: variant tag 2, then the reason's tag.
-            assert_eq!(frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 2], [2, index as u8]);
+            assert_eq!(
+                frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 2],
+                [2, index as u8]
+            );
         }
     }
 

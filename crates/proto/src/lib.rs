@@ -26,8 +26,8 @@ pub use control::{
 };
 pub use status::{ProxyStatus, UnknownProxyStatus};
 pub use stream::{
-    BodyKind, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead, ProxyErrorReply,
-    Scheme, StreamHeader, StreamReply, TcpConnect, TlsVerification, RESET_CANCELLED,
-    RESET_INTERNAL, RESET_PROTOCOL,
+    BodyKind, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead, ProxyErrorReply, Scheme,
+    StreamHeader, StreamReply, TcpConnect, TlsVerification, RESET_CANCELLED, RESET_INTERNAL,
+    RESET_PROTOCOL,
 };
 pub use token::{TokenError, TunnelSecret, TunnelToken, TOKEN_PREFIX};

@@ -195,7 +195,13 @@ mod tests {
 
     #[test]
     fn unknown_tokens_are_refused() {
-        for text in ["", "DNS_ERROR", "dns_error ", "dns-error", "http_request_errors"] {
+        for text in [
+            "",
+            "DNS_ERROR",
+            "dns_error ",
+            "dns-error",
+            "http_request_errors",
+        ] {
             assert_eq!(
                 text.parse::<ProxyStatus>(),
                 Err(UnknownProxyStatus(text.to_owned()))

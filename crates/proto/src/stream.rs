@@ -375,7 +375,10 @@ mod tests {
             target: DialTarget::new(Host::Ip(V4), 6379),
         });
         let frame = round_trip(&header);
-        println!("encoded TCP-connect header to 10.0.1.50:6379: {} bytes", frame.len());
+        println!(
+            "encoded TCP-connect header to 10.0.1.50:6379: {} bytes",
+            frame.len()
+        );
         assert_eq!(
             frame[..],
             [
@@ -406,7 +409,10 @@ mod tests {
         assert_eq!(Host::Ip(V4).to_string(), "10.0.1.50");
         assert_eq!(Host::Ip(V6).to_string(), "[fd00::50]");
         assert_eq!(Host::Name("db.internal".into()).to_string(), "db.internal");
-        assert_eq!(DialTarget::new(Host::Ip(V4), 6379).authority(), "10.0.1.50:6379");
+        assert_eq!(
+            DialTarget::new(Host::Ip(V4), 6379).authority(),
+            "10.0.1.50:6379"
+        );
         assert_eq!(
             DialTarget::new(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), 6379).authority(),
             "[::1]:6379"

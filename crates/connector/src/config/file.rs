@@ -1,0 +1,108 @@
+//! The config file as written: serde structures mirroring the TOML, every table rejecting
+//! unknown keys. Validation into [`super::ConnectorConfig`] is in `validate.rs`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigFile {
+    pub(super) token: Option<SecretString>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) connections: Option<u8>,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RouteEntry>,
+    pub(super) deny: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) dns: DnsSection,
+    #[serde(default)]
+    pub(super) limits: LimitsSection,
+    #[serde(default)]
+    pub(super) timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub(super) quic: QuicSection,
+    #[serde(default)]
+    pub(super) edge: EdgeSection,
+    #[serde(default)]
+    pub(super) reconnect: ReconnectSection,
+    #[serde(default)]
+    pub(super) runtime: RuntimeSection,
+}
+
+/// A string that never appears in `Debug` output (the inline token).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(super) struct SecretString(pub(super) String);
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteEntry {
+    pub(super) destination: String,
+    pub(super) ports: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DnsSection {
+    #[serde(default)]
+    pub(super) resolvers: Vec<String>,
+    pub(super) timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsSection {
+    pub(super) max_streams: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TimeoutsSection {
+    pub(super) connect_ms: Option<u64>,
+    pub(super) header_ms: Option<u64>,
+    pub(super) register_ms: Option<u64>,
+    pub(super) drain_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct QuicSection {
+    pub(super) keep_alive_ms: Option<u64>,
+    pub(super) idle_timeout_ms: Option<u64>,
+    pub(super) stream_receive_window: Option<u64>,
+    pub(super) connection_receive_window: Option<u64>,
+    pub(super) send_window: Option<u64>,
+    pub(super) max_concurrent_streams: Option<u64>,
+    pub(super) socket_buffer: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EdgeSection {
+    pub(super) addresses: Option<Vec<String>>,
+    pub(super) server_name: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) system_roots: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReconnectSection {
+    pub(super) initial_ms: Option<u64>,
+    pub(super) max_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RuntimeSection {
+    pub(super) worker_threads: Option<usize>,
+}

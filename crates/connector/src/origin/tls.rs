@@ -1,0 +1,376 @@
+//! TLS towards HTTPS origins: one rustls client configuration per verification mode, CA bundle
+//! and ALPN offer (built once, then cached), the chain-only verifier behind `verify_ca`, and
+//! the mapping of handshake failures to Proxy-Status error types.
+//!
+//! Trust anchors are the host's system store (rustls-native-certs, loaded once) plus the
+//! service's CA bundle when it has one: private origins are usually signed by a company CA
+//! that is either installed on the host or given to the service.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tracing::warn;
+use underpass_proto::{ProxyErrorReply, ProxyStatus, TlsVerification};
+use underpass_transport::tls::provider;
+
+/// ALPN offer when HTTP/2 is allowed: h2 first, HTTP/1.1 as the fallback.
+const ALPN_H2: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN offer for HTTP/1.1 only (HTTP/2 disabled, or a protocol-upgrade request).
+const ALPN_H1: [&[u8]; 1] = [b"http/1.1"];
+/// Cached configurations kept at most; the cache starts over when full (it only grows with
+/// distinct CA bundles, which are few).
+const MAX_CACHED_CONFIGS: usize = 256;
+
+/// How an origin certificate is verified; the hashable twin of [`TlsVerification`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum VerifyMode {
+    /// Chain and name.
+    Full,
+    /// Chain only.
+    Ca,
+    /// Nothing.
+    Disabled,
+}
+
+impl From<TlsVerification> for VerifyMode {
+    fn from(mode: TlsVerification) -> Self {
+        match mode {
+            TlsVerification::VerifyFull => VerifyMode::Full,
+            TlsVerification::VerifyCa => VerifyMode::Ca,
+            TlsVerification::Disabled => VerifyMode::Disabled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ConfigKey {
+    mode: VerifyMode,
+    ca_pem: Option<Arc<str>>,
+    http2: bool,
+}
+
+/// The rustls client configurations in use, built on first use.
+#[derive(Default)]
+pub(crate) struct TlsConfigs {
+    cache: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
+    system_roots: OnceLock<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl TlsConfigs {
+    /// The configuration for this mode and CA bundle, offering h2 in ALPN if `http2`.
+    pub(crate) fn config(
+        &self,
+        mode: VerifyMode,
+        ca_pem: Option<&Arc<str>>,
+        http2: bool,
+    ) -> Result<Arc<ClientConfig>, ProxyErrorReply> {
+        let key = ConfigKey {
+            mode,
+            // The CA bundle only matters when something is verified.
+            ca_pem: ca_pem.filter(|_| mode != VerifyMode::Disabled).cloned(),
+            http2,
+        };
+        if let Some(config) = self.lock().get(&key) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(self.build(&key)?);
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED_CONFIGS {
+            cache.clear();
+        }
+        cache.insert(key, config.clone());
+        Ok(config)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConfigKey, Arc<ClientConfig>>> {
+        // The map stays consistent even if a holder panicked: every update is one insert.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn build(&self, key: &ConfigKey) -> Result<ClientConfig, ProxyErrorReply> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| internal(format!("TLS versions unavailable: {e}")))?;
+        let mut config = match key.mode {
+            VerifyMode::Disabled => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+                .with_no_client_auth(),
+            VerifyMode::Full | VerifyMode::Ca => {
+                let roots = self.roots(key.ca_pem.as_deref())?;
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| ProxyErrorReply {
+                        status: ProxyStatus::TlsCertificateError,
+                        details: format!(
+                            "no trust anchors to verify the origin (system store and CA \
+                                 bundle): {e}"
+                        ),
+                    })?;
+                if key.mode == VerifyMode::Full {
+                    builder.with_webpki_verifier(webpki).with_no_client_auth()
+                } else {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                        .with_no_client_auth()
+                }
+            }
+        };
+        let alpn: &[&[u8]] = if key.http2 { &ALPN_H2 } else { &ALPN_H1 };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+
+    /// System roots plus the certificates of `ca_pem`.
+    fn roots(&self, ca_pem: Option<&str>) -> Result<Arc<RootCertStore>, ProxyErrorReply> {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(self.system_roots().iter().cloned());
+        if let Some(pem) = ca_pem {
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad_bundle(e.to_string()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(bad_bundle("it holds no usable CA certificate".into()));
+            }
+        }
+        Ok(Arc::new(roots))
+    }
+
+    fn system_roots(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.system_roots
+            .get_or_init(|| {
+                let loaded = rustls_native_certs::load_native_certs();
+                for error in &loaded.errors {
+                    warn!(%error, "problem loading a system root certificate");
+                }
+                Arc::new(loaded.certs)
+            })
+            .clone()
+    }
+}
+
+fn bad_bundle(detail: String) -> ProxyErrorReply {
+    ProxyErrorReply {
+        status: ProxyStatus::TlsCertificateError,
+        details: format!("the service's CA bundle is unusable: {detail}"),
+    }
+}
+
+fn internal(details: String) -> ProxyErrorReply {
+    ProxyErrorReply {
+        status: ProxyStatus::ProxyInternalError,
+        details,
+    }
+}
+
+/// Map a failed TLS handshake to its Proxy-Status error: a rejected certificate is
+/// `tls_certificate_error`, anything else (alerts, bad records, the origin hanging up)
+/// `tls_protocol_error`.
+pub(crate) fn handshake_error(err: io::Error) -> ProxyErrorReply {
+    let tls = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(cert)) => ProxyErrorReply {
+            status: ProxyStatus::TlsCertificateError,
+            details: format!("origin certificate rejected: {}", certificate_detail(cert)),
+        },
+        Some(other) => ProxyErrorReply {
+            status: ProxyStatus::TlsProtocolError,
+            details: format!("TLS handshake with the origin failed: {other}"),
+        },
+        None => ProxyErrorReply {
+            status: ProxyStatus::TlsProtocolError,
+            details: format!("TLS handshake with the origin failed: {err}"),
+        },
+    }
+}
+
+/// A short sentence for a certificate error (the variants with context already have one).
+fn certificate_detail(err: &CertificateError) -> String {
+    match err {
+        CertificateError::UnknownIssuer => "unknown issuer (not signed by a trusted CA)".into(),
+        CertificateError::NotValidForName => "not valid for the requested name".into(),
+        CertificateError::Expired => "expired".into(),
+        CertificateError::NotValidYet => "not valid yet".into(),
+        CertificateError::Revoked => "revoked".into(),
+        CertificateError::BadSignature => "bad signature".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether `err` is a name mismatch and nothing else.
+fn is_name_mismatch(err: &rustls::Error) -> bool {
+    matches!(
+        err,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
+    )
+}
+
+/// `verify_ca`: the full webpki verification, except that a certificate for another name is
+/// accepted. webpki checks the chain before the name, so a name-mismatch error means the
+/// chain is good.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(err) if is_name_mismatch(&err) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `disabled`: any certificate is accepted; the handshake signatures are still checked, so
+/// the peer at least holds the key of the certificate it sent.
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_are_cached_per_mode_bundle_and_alpn() {
+        let configs = TlsConfigs::default();
+        let a = configs.config(VerifyMode::Disabled, None, false).unwrap();
+        let b = configs.config(VerifyMode::Disabled, None, false).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let h2 = configs.config(VerifyMode::Disabled, None, true).unwrap();
+        assert!(!Arc::ptr_eq(&a, &h2));
+        assert_eq!(h2.alpn_protocols[0], b"h2");
+        assert_eq!(a.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        // A CA bundle is irrelevant when nothing is verified.
+        let junk: Arc<str> = Arc::from("junk");
+        let c = configs
+            .config(VerifyMode::Disabled, Some(&junk), false)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn an_unusable_bundle_is_a_certificate_error() {
+        let configs = TlsConfigs::default();
+        let junk: Arc<str> = Arc::from("no certificates here");
+        let err = configs
+            .config(VerifyMode::Ca, Some(&junk), false)
+            .unwrap_err();
+        assert_eq!(err.status, ProxyStatus::TlsCertificateError);
+        assert!(err.details.contains("CA bundle"), "{}", err.details);
+    }
+
+    #[test]
+    fn handshake_errors_are_classified() {
+        let cert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        let reply = handshake_error(cert);
+        assert_eq!(reply.status, ProxyStatus::TlsCertificateError);
+        assert!(reply.details.contains("unknown issuer"));
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+        );
+        assert_eq!(handshake_error(alert).status, ProxyStatus::TlsProtocolError);
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(handshake_error(eof).status, ProxyStatus::TlsProtocolError);
+        assert!(is_name_mismatch(&rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName
+        )));
+        assert!(!is_name_mismatch(&rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer
+        )));
+    }
+}

@@ -1,0 +1,532 @@
+//! The connector against a minimal in-process edge made of the real transport and mux layers
+//! (QUIC on loopback, real registration proof): registration and refusal, retry, TCP streams
+//! with half-close, stream errors, the stream limit, heartbeats, drain and shutdown.
+//!
+//! The full edge binary is exercised by the workspace's end-to-end tests; this edge does only
+//! what each test needs, so the connector's side of the protocol is pinned down here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use underpass_connector::{ConnectionState, Connector, ConnectorConfig, ConnectorHandle};
+use underpass_mux::{open_tcp, registration_proof, ControlChannel, OpenError};
+use underpass_proto::{
+    ControlMessage, DialTarget, Drain, Heartbeat, Host, ProxyStatus, RefuseReason, Register,
+    RegisterAccepted, RegisterRefused, TcpConnect, TunnelId, TunnelSecret, TunnelToken,
+};
+use underpass_transport::quic::{
+    QuicConnection, QuicListener, QuicRecv, QuicSend, QuicSettings, ALPN,
+};
+use underpass_transport::tls::{server_config, DevPki};
+use underpass_transport::{Connection, RecvStream, SendStream};
+
+/// Guards against hangs only; no test depends on a timing.
+const GUARD: Duration = Duration::from_secs(30);
+const EDGE_NAME: &str = "edge.underpass.test";
+
+type Control = ControlChannel<QuicSend, QuicRecv>;
+
+/// A minimal edge: accepts connections and hands each registration to the test.
+struct TestEdge {
+    listener: QuicListener,
+    pki: DevPki,
+    tunnel_id: TunnelId,
+    secret: TunnelSecret,
+}
+
+/// One connection from the connector, after its `Register` was read and checked.
+struct Registration {
+    conn: QuicConnection,
+    control: Control,
+    register: Register,
+    /// Whether the proof matched the edge's secret for this TLS session.
+    proof_ok: bool,
+}
+
+impl TestEdge {
+    fn start() -> TestEdge {
+        init_tracing();
+        let pki = DevPki::generate(&[EDGE_NAME.to_owned()]).unwrap();
+        let tls = server_config(pki.chain_pem.as_bytes(), pki.key_pem.as_bytes(), &[ALPN]).unwrap();
+        let listener = QuicListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(tls),
+            &QuicSettings::default(),
+        )
+        .unwrap();
+        TestEdge {
+            listener,
+            pki,
+            tunnel_id: TunnelId(rand_bytes()),
+            secret: TunnelSecret([0x42; 32]),
+        }
+    }
+
+    fn token(&self) -> TunnelToken {
+        TunnelToken {
+            tunnel_id: self.tunnel_id,
+            secret: self.secret.clone(),
+            edges: vec![self.listener.local_addr().to_string()],
+            server_name: EDGE_NAME.into(),
+            ca_pin: self.pki.ca_pin,
+        }
+    }
+
+    /// A connector config for this edge: fast reconnects, 127.40.0.0/16 routed.
+    fn config(&self) -> underpass_connector::ConnectorConfigBuilder {
+        ConnectorConfig::builder(self.token())
+            .route("127.40.0.0/16")
+            .deny(&["127.40.66.0/24"])
+            .resolvers(&["127.0.0.1:9".parse().unwrap()])
+            .reconnect(Duration::from_millis(10), Duration::from_millis(50))
+    }
+
+    async fn next_registration(&self) -> anyhow::Result<Registration> {
+        let conn = self.listener.accept().await.context("listener closed")?;
+        let mut control = ControlChannel::accept(&conn).await?;
+        let register = match control.recv().await? {
+            Some(ControlMessage::Register(register)) => register,
+            other => bail!("expected Register, got {other:?}"),
+        };
+        let expected = registration_proof(&conn, &self.tunnel_id, &self.secret)?;
+        Ok(Registration {
+            proof_ok: register.tunnel_id == self.tunnel_id && register.proof == expected,
+            conn,
+            control,
+            register,
+        })
+    }
+
+    /// Accept the next registration (which must carry a valid proof).
+    async fn accept(&self, connection_id: u64, heartbeat_ms: u32) -> anyhow::Result<Registration> {
+        let mut registration = self.next_registration().await?;
+        anyhow::ensure!(registration.proof_ok, "bad proof from the connector");
+        let accepted = RegisterAccepted {
+            connection_id,
+            edge_name: "test-edge".into(),
+            heartbeat_interval_ms: heartbeat_ms,
+        };
+        registration
+            .control
+            .send(&ControlMessage::RegisterAccepted(accepted))
+            .await?;
+        Ok(registration)
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "underpass_connector=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (std::process::id() as u8).wrapping_add(i as u8);
+    }
+    bytes
+}
+
+fn connect_to(addr: SocketAddr) -> TcpConnect {
+    TcpConnect {
+        target: DialTarget::from(addr),
+    }
+}
+
+async fn guarded<T>(test: impl std::future::Future<Output = anyhow::Result<T>>) -> T {
+    tokio::time::timeout(GUARD, test)
+        .await
+        .expect("test hung")
+        .expect("test failed")
+}
+
+async fn read_to_end(recv: &mut impl RecvStream) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = recv.read_chunk(64 * 1024).await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// An origin that reads until EOF, then answers `+PONG\r\n` if it read `PING\r\n`, and closes.
+async fn redis_like_origin(ip: [u8; 4]) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        socket.read_to_end(&mut request).await.unwrap();
+        if request == b"PING\r\n" {
+            socket.write_all(b"+PONG\r\n").await.unwrap();
+        }
+        request
+    });
+    (addr, task)
+}
+
+async fn wait_state(
+    handle: &ConnectorHandle,
+    what: fn(&ConnectionState) -> bool,
+) -> ConnectionState {
+    let states = handle
+        .wait_for(GUARD, |states| states.iter().any(what))
+        .await
+        .expect("state reached");
+    states.into_iter().find(what).unwrap()
+}
+
+#[tokio::test]
+async fn registers_and_pipes_tcp_with_half_close() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().route_ports("db.test", "5432").build()?)?;
+        let registration = edge.accept(42, 0).await?;
+        assert_eq!(handle.wait_registered(GUARD).await?, 42);
+        let register = &registration.register;
+        assert_eq!(register.connection_index, 0);
+        assert_eq!(register.connector_id, handle.connector_id());
+        assert_eq!(register.version, env!("CARGO_PKG_VERSION"));
+        let announced: Vec<&str> = register
+            .routes
+            .iter()
+            .map(|r| r.destination.as_str())
+            .collect();
+        assert_eq!(announced, ["127.40.0.0/16", "db.test"]);
+        assert_eq!(register.routes[1].ports, [(5432, 5432)]);
+        assert!(matches!(
+            handle.state(),
+            ConnectionState::Registered {
+                connection_id: 42,
+                ..
+            }
+        ));
+
+        // The Redis example: write PING, close the write side, then read +PONG.
+        let (origin, served) = redis_like_origin([127, 40, 0, 1]).await;
+        let (mut send, mut recv) = open_tcp(&registration.conn, connect_to(origin), GUARD).await?;
+        send.write_chunk(Bytes::from_static(b"PING\r\n")).await?;
+        send.finish()?;
+        assert_eq!(read_to_end(&mut recv).await?, b"+PONG\r\n");
+        assert_eq!(served.await?, b"PING\r\n");
+
+        handle.shutdown().await?;
+        let closed = registration.conn.closed().await;
+        assert!(
+            closed.to_string().contains("connector shutting down"),
+            "{closed}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stream_errors_carry_their_proxy_status() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        let registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let closed = TcpListener::bind("127.40.0.2:0").await?.local_addr()?;
+        let cases = [
+            (connect_to(closed), ProxyStatus::ConnectionRefused),
+            (
+                connect_to("127.41.0.1:80".parse()?),
+                ProxyStatus::DestinationIpProhibited,
+            ),
+            (
+                connect_to("127.40.66.1:80".parse()?),
+                ProxyStatus::DestinationIpProhibited,
+            ),
+            (
+                TcpConnect {
+                    target: DialTarget::new(Host::Name("nowhere.test".into()), 80),
+                },
+                ProxyStatus::DestinationNotFound,
+            ),
+        ];
+        for (connect, want) in cases {
+            let target = connect.target.to_string();
+            match open_tcp(&registration.conn, connect, GUARD).await {
+                Err(OpenError::Refused(reply)) => {
+                    assert_eq!(reply.status, want, "{target}: {}", reply.details)
+                }
+                Err(e) => bail!("{target}: {e}"),
+                Ok(_) => bail!("{target}: accepted"),
+            }
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_stream_limit_refuses_with_connection_limit_reached() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().max_streams(1).build()?)?;
+        let registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let origin = TcpListener::bind("127.40.0.3:0").await?;
+        let addr = origin.local_addr()?;
+
+        let (mut first_send, mut first_recv) =
+            open_tcp(&registration.conn, connect_to(addr), GUARD).await?;
+        let (mut first_origin, _) = origin.accept().await?;
+        match open_tcp(&registration.conn, connect_to(addr), GUARD).await {
+            Err(OpenError::Refused(reply)) => {
+                assert_eq!(reply.status, ProxyStatus::ConnectionLimitReached)
+            }
+            Err(e) => bail!("{e}"),
+            Ok(_) => bail!("a second stream was accepted over the limit of 1"),
+        }
+
+        // End the first stream both ways; its slot comes back.
+        first_send.finish()?;
+        first_origin.shutdown().await?;
+        assert_eq!(read_to_end(&mut first_recv).await?, b"");
+        let mut rest = Vec::new();
+        first_origin.read_to_end(&mut rest).await?;
+        // The slot is released when the stream's task ends, just after: retry until it is.
+        loop {
+            match open_tcp(&registration.conn, connect_to(addr), GUARD).await {
+                Ok(_) => break,
+                Err(OpenError::Refused(reply))
+                    if reply.status == ProxyStatus::ConnectionLimitReached =>
+                {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_and_retried_with_backoff() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let mut token = edge.token();
+        token.secret = TunnelSecret([0x13; 32]);
+        let handle = Connector::start(
+            ConnectorConfig::builder(token)
+                .resolvers(&["127.0.0.1:9".parse().unwrap()])
+                .reconnect(Duration::from_millis(10), Duration::from_millis(50))
+                .build()?,
+        )?;
+        // Refuse twice, as a real edge would for a bad proof.
+        for _ in 0..2 {
+            let mut registration = edge.next_registration().await?;
+            assert!(!registration.proof_ok, "a wrong secret gave a valid proof");
+            let refused = RegisterRefused {
+                reason: RefuseReason::BadProof,
+                message: "proof does not match".into(),
+                retry_after_ms: 0,
+            };
+            registration
+                .control
+                .send(&ControlMessage::RegisterRefused(refused))
+                .await?;
+            let state = wait_state(&handle, |s| matches!(s, ConnectionState::Refused { .. })).await;
+            assert_eq!(
+                state,
+                ConnectionState::Refused {
+                    reason: RefuseReason::BadProof,
+                    message: "proof does not match".into()
+                }
+            );
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connector_pinned_to_another_ca_refuses_the_edge() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let other = DevPki::generate(&[EDGE_NAME.to_owned()])?;
+        let mut token = edge.token();
+        token.ca_pin = other.ca_pin;
+        let handle = Connector::start(
+            ConnectorConfig::builder(token)
+                .resolvers(&["127.0.0.1:9".parse().unwrap()])
+                .build()?,
+        )?;
+        let state = wait_state(&handle, |s| matches!(s, ConnectionState::Failed { .. })).await;
+        let ConnectionState::Failed { error } = state else {
+            unreachable!()
+        };
+        assert!(error.contains("pinned CA"), "{error}");
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn heartbeats_go_both_ways() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        let registration = edge.accept(7, 20).await?;
+        handle.wait_registered(GUARD).await?;
+        let mut control = registration.control;
+        control
+            .send(&ControlMessage::Heartbeat(Heartbeat { seq: 99 }))
+            .await?;
+        let (mut acked, mut beats) = (false, 0);
+        while !acked || beats < 2 {
+            match control.recv().await? {
+                Some(ControlMessage::HeartbeatAck(Heartbeat { seq: 99 })) => acked = true,
+                Some(ControlMessage::Heartbeat(beat)) => {
+                    beats += 1;
+                    control.send(&ControlMessage::HeartbeatAck(beat)).await?;
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unanswered_heartbeats_end_the_connection_and_it_reconnects() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        // Heartbeats every 10 ms that this edge never answers.
+        let first = edge.accept(1, 10).await?;
+        let second = edge.accept(2, 0).await?;
+        let closed = first.conn.closed().await;
+        assert!(closed.to_string().contains("heartbeats"), "{closed}");
+        wait_state(&handle, |s| {
+            matches!(
+                s,
+                ConnectionState::Registered {
+                    connection_id: 2,
+                    ..
+                }
+            )
+        })
+        .await;
+        drop(second);
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_edge_drain_moves_to_a_new_connection_and_lets_streams_finish() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        let mut old = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let (origin, served) = redis_like_origin([127, 40, 0, 4]).await;
+        let (mut send, mut recv) = open_tcp(&old.conn, connect_to(origin), GUARD).await?;
+
+        let drain = Drain {
+            grace_ms: 60_000,
+            reason: "edge restarting".into(),
+        };
+        old.control.send(&ControlMessage::Drain(drain)).await?;
+        let new = edge.accept(2, 0).await?;
+        assert_eq!(new.register.connector_id, old.register.connector_id);
+        wait_state(&handle, |s| {
+            matches!(
+                s,
+                ConnectionState::Registered {
+                    connection_id: 2,
+                    ..
+                }
+            )
+        })
+        .await;
+
+        // The stream on the draining connection still works, half-close included.
+        send.write_chunk(Bytes::from_static(b"PING\r\n")).await?;
+        send.finish()?;
+        assert_eq!(read_to_end(&mut recv).await?, b"+PONG\r\n");
+        assert_eq!(served.await?, b"PING\r\n");
+        // With its last stream done, the old connection is closed by the connector.
+        let closed = old.conn.closed().await;
+        assert!(closed.to_string().contains("drained"), "{closed}");
+
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_drain_and_closes_after_the_grace_period() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let config = edge
+            .config()
+            .drain_timeout(Duration::from_millis(200))
+            .build()?;
+        let handle = Connector::start(config)?;
+        let mut registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        // A stream that stays open: the origin never closes.
+        let origin = TcpListener::bind("127.40.0.5:0").await?;
+        let (_send, _recv) =
+            open_tcp(&registration.conn, connect_to(origin.local_addr()?), GUARD).await?;
+        let (_origin_socket, _) = origin.accept().await?;
+
+        let shutdown = tokio::spawn(handle.shutdown());
+        match registration.control.recv().await? {
+            Some(ControlMessage::Drain(drain)) => assert_eq!(drain.grace_ms, 200),
+            other => bail!("expected Drain, got {other:?}"),
+        }
+        shutdown.await??;
+        let closed = registration.conn.closed().await;
+        assert!(
+            closed.to_string().contains("connector shutting down"),
+            "{closed}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn several_connections_register_with_their_own_index() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().connections(3).build()?)?;
+        let mut indexes = Vec::new();
+        let mut registrations = Vec::new();
+        for id in 0..3 {
+            let registration = edge.accept(100 + id, 0).await?;
+            indexes.push(registration.register.connection_index);
+            registrations.push(registration);
+        }
+        indexes.sort_unstable();
+        assert_eq!(indexes, [0, 1, 2]);
+        handle.wait_all_registered(GUARD).await?;
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}

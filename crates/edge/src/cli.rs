@@ -1,0 +1,247 @@
+//! The `underpass-edge` command line. `main.rs` parses [`Cli`] and calls [`run`].
+//!
+//! Only a `tunnel create` / `tunnel token` token goes to stdout (and the `tunnel list` table),
+//! so `TOKEN=$(underpass-edge tunnel create NAME)` works; hints and logs go to stderr.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::EdgeConfig;
+use crate::state::Pki;
+use crate::tunnels::{Tunnel, TunnelStore};
+use crate::{token_addresses, EdgeError};
+
+/// Exit status for a bad command line or configuration (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit status for any other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// The Underpass edge: accepts connectors, serves bindings as HTTP forward proxies.
+#[derive(Debug, Parser)]
+#[command(name = "underpass-edge", version, about)]
+pub struct Cli {
+    /// The edge's config file (TOML).
+    #[arg(long, short, global = true, env = "UNDERPASS_EDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the edge until SIGINT or SIGTERM.
+    Serve,
+    /// Manage tunnels in the state directory.
+    Tunnel {
+        /// What to do with tunnels.
+        #[command(subcommand)]
+        command: TunnelCommand,
+    },
+    /// Validate the config file and exit.
+    CheckConfig,
+}
+
+/// A `tunnel` subcommand.
+#[derive(Debug, Subcommand)]
+pub enum TunnelCommand {
+    /// Create a tunnel and print its token on stdout.
+    Create {
+        /// The tunnel's name (A-Z a-z 0-9 - _ .).
+        name: String,
+    },
+    /// List tunnels (no secrets).
+    List,
+    /// Print the token of an existing tunnel on stdout.
+    Token {
+        /// The tunnel's name or id.
+        name: String,
+    },
+}
+
+/// Run a parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    // A one-shot command only reports problems; its own output says what it did.
+    init_tracing(match cli.command {
+        Command::Serve => "info",
+        _ => "warn",
+    });
+    let Some(path) = cli.config.as_deref() else {
+        eprintln!("error: --config FILE is required (or set UNDERPASS_EDGE_CONFIG)");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = match EdgeConfig::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve(config),
+        Command::CheckConfig => {
+            eprintln!(
+                "{}: config is valid ({} network(s), {} service(s), {} binding(s))",
+                path.display(),
+                config.networks.len(),
+                config.services.len(),
+                config.bindings.len()
+            );
+            Ok(())
+        }
+        Command::Tunnel { command } => tunnel(command, &config, path),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            match error {
+                EdgeError::Config(_) | EdgeError::NoPublicAddress(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::from(EXIT_FAILURE),
+            }
+        }
+    }
+}
+
+fn serve(config: EdgeConfig) -> Result<(), EdgeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(EdgeError::Runtime)?;
+    runtime.block_on(crate::serve(config, shutdown_signal()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the edge");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn tunnel(command: TunnelCommand, config: &EdgeConfig, path: &Path) -> Result<(), EdgeError> {
+    let store = TunnelStore::open(&config.state_dir)?;
+    match command {
+        TunnelCommand::Create { name } => {
+            // Everything the token needs is checked before the tunnel is saved.
+            let edges = token_addresses(config, None)?;
+            let pki = Pki::load_or_generate(&config.state_dir, &config.server_name)?;
+            let tunnel = store.create(&name)?;
+            let token = tunnel.token(edges, &config.server_name, pki.ca_pin);
+            println!("{}", token.encode());
+            eprintln!(
+                "created tunnel {name} (id {}). Keep the token secret; run a connector with\n  \
+                 underpass run --token <TOKEN>\nand serve it from a [[network]] or [[service]] \
+                 with tunnel = \"{name}\" in {}.",
+                tunnel.id_hex(),
+                path.display()
+            );
+        }
+        TunnelCommand::List => {
+            println!("{:<32}  {:<20}  CREATED (UTC)", "ID", "NAME");
+            for tunnel in store.list() {
+                println!(
+                    "{}  {:<20}  {}",
+                    tunnel.id_hex(),
+                    tunnel.name,
+                    utc_date(tunnel.created_at)
+                );
+            }
+        }
+        TunnelCommand::Token { name } => {
+            let edges = token_addresses(config, None)?;
+            let tunnel: Tunnel = store
+                .resolve(&name)
+                .ok_or_else(|| crate::state::StateError::UnknownTunnel(name.clone()))?;
+            let pki = Pki::load_or_generate(&config.state_dir, &config.server_name)?;
+            println!(
+                "{}",
+                tunnel
+                    .token(edges, &config.server_name, pki.ca_pin)
+                    .encode()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for seconds since the Unix epoch (UTC).
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_level`), colored on a terminal.
+fn init_tracing(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_date(1_700_000_000), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "underpass-edge",
+            "tunnel",
+            "create",
+            "prod",
+            "--config",
+            "e.toml",
+        ])
+        .unwrap(); // valid command line
+        assert_eq!(cli.config.as_deref(), Some(Path::new("e.toml")));
+        assert!(matches!(
+            cli.command,
+            Command::Tunnel {
+                command: TunnelCommand::Create { .. }
+            }
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! The `underpass-edge` binary: tunnel commands and config errors.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use underpass_proto::TunnelToken;
+use underpass_transport::tls::pem_first_cert_pin;
+
+const BIN: &str = env!("CARGO_BIN_EXE_underpass-edge");
+
+fn edge(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("UNDERPASS_EDGE_CONFIG")
+        .output()
+        .expect("run underpass-edge")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 stdout")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn tunnel_create_prints_only_a_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nlisten = \"127.0.0.1:7844\"\npublic_addresses = [\"edge.test:7844\", \"[::1]:7844\"]\n",
+    )?;
+
+    let created = edge(&["tunnel", "create", "prod"], &config);
+    assert!(created.status.success(), "{created:?}");
+    let out = stdout(&created);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "stdout holds the token only: {out:?}"
+    );
+    let token = TunnelToken::decode(&out)?;
+    assert_eq!(token.edges, ["edge.test:7844", "[::1]:7844"]);
+    assert_eq!(token.server_name, "underpass-edge");
+    let hint = String::from_utf8(created.stderr.clone())?;
+    assert!(hint.contains("underpass run --token"), "{hint}");
+
+    // The CA pin in the token is the pin of the stored CA; secrets are 0600.
+    let state = dir.path().join("state");
+    let ca_pem = std::fs::read(state.join("ca.pem"))?;
+    assert_eq!(token.ca_pin, pem_first_cert_pin(&ca_pem)?);
+    for secret in ["ca.key", "edge.key", "tunnels.json"] {
+        assert_eq!(mode(&state.join(secret)), 0o600, "{secret}");
+    }
+    assert_eq!(mode(&state), 0o700);
+    let stored = std::fs::read_to_string(state.join("tunnels.json"))?;
+    assert!(stored.contains(&hex::encode(token.secret.0)));
+
+    // Same name again: refused, nothing on stdout.
+    let again = edge(&["tunnel", "create", "prod"], &config);
+    assert!(!again.status.success());
+    assert!(again.stdout.is_empty());
+    assert!(String::from_utf8(again.stderr)?.contains("exists already"));
+
+    // The token is printed again, identical; the PKI is reused, not regenerated.
+    let reprinted = edge(&["tunnel", "token", "prod"], &config);
+    assert!(reprinted.status.success(), "{reprinted:?}");
+    assert_eq!(TunnelToken::decode(&stdout(&reprinted))?, token);
+    let by_id = edge(
+        &["tunnel", "token", &hex::encode(token.tunnel_id.0)],
+        &config,
+    );
+    assert_eq!(TunnelToken::decode(&stdout(&by_id))?, token);
+
+    // The list names the tunnel and never shows a secret.
+    edge(&["tunnel", "create", "staging"], &config);
+    let list = edge(&["tunnel", "list"], &config);
+    assert!(list.status.success());
+    let listed = stdout(&list);
+    assert!(
+        listed.contains("prod") && listed.contains("staging"),
+        "{listed}"
+    );
+    assert!(listed.contains(&hex::encode(token.tunnel_id.0)));
+    assert!(!listed.contains(&hex::encode(token.secret.0)));
+
+    let unknown = edge(&["tunnel", "token", "nope"], &config);
+    assert!(!unknown.status.success());
+    Ok(())
+}
+
+#[test]
+fn bad_config_exits_64() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, "state_dir = \"state\"\nlisten_port = 7844\n")?;
+    for args in [&["serve"][..], &["check-config"], &["tunnel", "list"]] {
+        let output = edge(args, &config);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");
+        let stderr = String::from_utf8(output.stderr)?;
+        assert!(stderr.contains("listen_port"), "{stderr}");
+        assert!(output.stdout.is_empty());
+    }
+    // A wildcard listen address without public_addresses cannot make a token.
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nlisten = \"0.0.0.0:7844\"\n",
+    )?;
+    let output = edge(&["tunnel", "create", "prod"], &config);
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    assert!(String::from_utf8(output.stderr)?.contains("public_addresses"));
+    // ... and no tunnel was saved.
+    assert!(!dir.path().join("state/tunnels.json").exists());
+    Ok(())
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/edge.example.toml");
+    let output = edge(&["check-config"], &example);
+    assert!(output.status.success(), "{output:?}");
+}

@@ -1,0 +1,184 @@
+//! A deliberately small HTTP/1.1 client for tests: write raw request bytes, read the response
+//! to the end of the connection, decode a chunked body. Raw bytes make it easy to send exactly
+//! what a test needs (absolute-form targets, no `Host`, odd headers).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower-cased) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (chunked encoding removed).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as (lossy) UTF-8 text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {}", self.text()))
+    }
+}
+
+/// Writes `request` on `stream` and reads the response until the server closes the
+/// connection (send `Connection: close`).
+pub async fn exchange<S>(mut stream: S, request: &[u8]) -> anyhow::Result<Response>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(request).await.context("write request")?;
+    stream.flush().await?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .context("read response")?;
+    parse_response(&raw)
+}
+
+/// `GET path` on a new plain connection to `addr` with `Host: host` and `Connection: close`.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Response> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    exchange(stream, request.as_bytes()).await
+}
+
+/// Opens a TLS connection to `addr` with SNI (and verified name) `server_name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let name = ServerName::try_from(server_name.to_owned()).context("server name")?;
+    TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS handshake with {addr} as {server_name}"))
+}
+
+/// `GET path` over TLS to `addr`, SNI and `Host` both `host`.
+pub async fn get_tls(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    config: Arc<ClientConfig>,
+) -> anyhow::Result<Response> {
+    let stream = tls_connect(addr, host, config).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    exchange(stream, request.as_bytes()).await
+}
+
+/// Parses a complete response (head and body up to the end of the connection).
+pub fn parse_response(raw: &[u8]) -> anyhow::Result<Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(raw).context("parse response head")? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => bail!(
+            "incomplete response head ({} bytes): {:?}",
+            raw.len(),
+            String::from_utf8_lossy(raw)
+        ),
+    };
+    let status = parsed.code.context("response without status")?;
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let rest = &raw[head_len..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        decode_chunked(rest)?
+    } else if let Some((_, len)) = headers.iter().find(|(n, _)| n == "content-length") {
+        let len: usize = len.trim().parse().context("content-length")?;
+        ensure!(
+            rest.len() >= len,
+            "body shorter than content-length: {} < {len}",
+            rest.len()
+        );
+        rest[..len].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("truncated chunk size")?;
+        let size_text = std::str::from_utf8(&rest[..line_end])?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).context("chunk size")?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        ensure!(rest.len() >= size + 2, "truncated chunk");
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chunked_and_sized_bodies() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let response = parse_response(raw).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"abcde");
+        let raw = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nX-A: b\r\n\r\nno";
+        let response = parse_response(raw).unwrap();
+        assert_eq!(response.status, 404);
+        assert_eq!(response.header("x-a"), Some("b"));
+        assert_eq!(response.text(), "no");
+    }
+}
