@@ -151,6 +151,7 @@ impl Connector {
             dialer: Arc::new(dialer),
             header_timeout: config.timeouts.header,
             max_streams: config.max_streams,
+            origin: crate::origin::OriginClient::new(crate::origin::OriginSettings::default()),
         });
         let slots = usize::from(config.connections);
         let (states, _) = watch::channel(vec![ConnectionState::Connecting; slots]);

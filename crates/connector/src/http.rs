@@ -1,29 +1,23 @@
-//! HTTP exchanges (`fetch()`): the dispatch point for [`StreamHeader::Http`] streams.
-//!
-//! Not implemented yet: every exchange is refused with `proxy_internal_error`. The `fetch()`
-//! issue replaces [`handle`] with a real HTTP/1.1 client towards the origin.
+//! HTTP exchanges (`fetch()`): the dispatch point for [`StreamHeader::Http`] streams, served
+//! by the pooled [`OriginClient`](crate::origin::OriginClient).
 //!
 //! [`StreamHeader::Http`]: underpass_proto::StreamHeader::Http
 
-use tracing::{info, Span};
+use tracing::{debug, Span};
 use underpass_mux::IncomingStream;
-use underpass_proto::{HttpRequestHead, ProxyStatus};
+use underpass_proto::HttpRequestHead;
 use underpass_transport::Connection;
 
-use crate::stream::{refuse, StreamContext};
+use crate::stream::StreamContext;
 
 /// Serve one HTTP exchange.
 pub(crate) async fn handle<C: Connection>(
     incoming: IncomingStream<C>,
     head: HttpRequestHead,
-    _ctx: &StreamContext,
+    ctx: &StreamContext,
 ) {
     Span::current().record("dest", head.authority.as_str());
-    info!(method = %head.method, "HTTP exchange refused: not implemented yet");
-    refuse(
-        incoming,
-        ProxyStatus::ProxyInternalError,
-        "HTTP exchanges not implemented yet".into(),
-    )
-    .await;
+    debug!(method = %head.method, path = %head.path, "HTTP exchange");
+    let (send, body) = incoming.into_parts();
+    ctx.origin.serve(&ctx.dialer, head, send, body).await;
 }

@@ -22,6 +22,8 @@ pub(crate) struct StreamContext {
     pub header_timeout: Duration,
     /// The per-connection stream limit (for messages).
     pub max_streams: usize,
+    /// The pooled HTTP client towards origins.
+    pub origin: crate::origin::OriginClient,
 }
 
 /// Serve one stream to its end. `permit` is `None` when the connection is at its limit.

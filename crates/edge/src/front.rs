@@ -28,8 +28,8 @@ use underpass_proto::{DialTarget, ProxyStatus, TcpConnect, RESET_CANCELLED, RESE
 use underpass_transport::{Connection, RecvStream, SendStream, StreamError};
 
 use crate::authority::parse_authority;
-use crate::directory::{Binding, BindingTarget};
-use crate::fetch::FetchBody;
+use crate::directory::{Binding, BindingTarget, ServicePorts};
+use crate::fetch::{FetchBody, FetchTarget};
 use crate::proxy_status::{error_response, error_response_with};
 use crate::registry::{Picked, Registry, StreamLease};
 use crate::tunnels::TunnelStore;
@@ -139,7 +139,6 @@ pub async fn handle_http<C: Connection>(
     binding: &Binding,
     context: &FrontContext<C>,
 ) -> Response<FetchBody> {
-    let _ = (binding, context);
     let uri = request.uri();
     if uri.scheme().is_none() || uri.authority().is_none() {
         debug!(method = %request.method(), %uri, "refused a relative-form request");
@@ -150,12 +149,60 @@ pub async fn handle_http<C: Connection>(
              (GET http://host/path), as fetch() sends it",
         );
     }
-    debug!(method = %request.method(), %uri, "refused an HTTP request (fetch() not carried yet)");
-    error_response_with(
-        StatusCode::NOT_IMPLEMENTED,
-        ProxyStatus::HttpRequestError,
-        "fetch() support lands with issue 4",
-    )
+    let target = match &binding.target {
+        BindingTarget::Network(_) => FetchTarget::Network,
+        BindingTarget::Service(service) => match service.ports {
+            ServicePorts::Http { http, https } => FetchTarget::Service {
+                host: service.host.clone(),
+                resolvers: service.resolvers.clone(),
+                http_port: http,
+                https_port: https,
+                tls: service.tls,
+                ca_pem: service.ca_pem.clone(),
+            },
+            ServicePorts::Tcp(_) => {
+                return error_response_with(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ProxyStatus::HttpRequestDenied,
+                    &format!(
+                        "service {} is a TCP service: use connect(), not fetch()",
+                        service.name
+                    ),
+                )
+            }
+        },
+    };
+    let tunnel_ref = binding.target.tunnel();
+    let Some(tunnel) = context.tunnels.resolve(tunnel_ref) else {
+        warn!(
+            tunnel = tunnel_ref,
+            "binding refers to a tunnel that does not exist"
+        );
+        return error_response(
+            ProxyStatus::DestinationUnavailable,
+            &format!("tunnel {tunnel_ref} does not exist on this edge"),
+        );
+    };
+    let Some(picked) = context.registry.pick(&tunnel.id) else {
+        info!(tunnel = %tunnel.name, "no connector online");
+        return error_response(
+            ProxyStatus::DestinationUnavailable,
+            &format!("no connector online for tunnel {}", tunnel.name),
+        );
+    };
+    let span = info_span!(
+        "fetch",
+        tunnel = %tunnel.name,
+        connection = picked.connection_id,
+        method = %request.method(),
+        uri = %request.uri(),
+    );
+    // The connector has its own connect and response-header timeouts (60 s by default);
+    // this bound only catches a stuck connector.
+    let reply_timeout = context.connect_timeout.max(Duration::from_secs(90));
+    crate::fetch::forward(&picked.conn, &target, request, reply_timeout)
+        .instrument(span)
+        .await
 }
 
 /// `connect()`: open a TCP stream through a connector of the binding's tunnel.
