@@ -69,13 +69,15 @@ async fn front_answers_without_a_connector() -> anyhow::Result<()> {
     assert!(value.contains("error=http_request_error"), "{value}");
     assert!(value.contains("absolute URL"), "{value}");
 
-    // Absolute form: not carried yet (issue 4).
+    // Absolute form with no connector online: destination_unavailable.
     let (_, head) = request(
         vpc,
         "GET http://internal-api.company.local/users HTTP/1.1\r\n\r\n",
     )
     .await;
-    assert_eq!(head.status, 501, "{head:?}");
+    assert_eq!(head.status, 503, "{head:?}");
+    let value = head.header("proxy-status").expect("Proxy-Status header");
+    assert!(value.contains("error=destination_unavailable"), "{value}");
 
     // connect() through an HTTP-type service binding is refused clearly.
     let api = edge.binding_addr("API").expect("binding API");

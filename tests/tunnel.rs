@@ -1,0 +1,229 @@
+//! `connect()` end to end: a real edge and a real connector joined by a real QUIC tunnel,
+//! real origins (redis-server, dnsmasq, TCP servers) on loopback addresses.
+
+#[path = "workerd/stack.rs"]
+#[allow(dead_code)]
+mod stack;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use stack::Stack;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use underpass_e2e::{Behaviour, ConnEvent, Dnsmasq, EchoServer, Redis};
+
+/// Guards a hang only; never decides a pass.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test IP")
+}
+
+/// `CONNECT target` through `proxy`; returns the status, the Proxy-Status header and the
+/// tunnel stream.
+async fn connect(proxy: SocketAddr, target: &str) -> (u16, Option<String>, TcpStream) {
+    let mut stream = TcpStream::connect(proxy).await.expect("binding listener");
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
+        .await
+        .expect("send CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
+            .await
+            .expect("CONNECT answer in time")
+            .expect("read CONNECT answer");
+        assert_eq!(n, 1, "proxy closed before answering CONNECT: {head:?}");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let proxy_status = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("proxy-status:"))
+        .map(|l| l["proxy-status:".len()..].trim().to_owned());
+    (status, proxy_status, stream)
+}
+
+async fn refused_with(proxy: SocketAddr, target: &str, token: &str) {
+    let (status, proxy_status, _) = connect(proxy, target).await;
+    let proxy_status = proxy_status.unwrap_or_default();
+    assert!(status >= 500, "{target}: expected a 5xx, got {status}");
+    assert!(
+        proxy_status.contains(&format!("error={token}")),
+        "{target}: expected {token}, got {proxy_status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_ping_with_half_close() {
+    let redis = Redis::start(ip("127.20.0.6"));
+    let stack = Stack::builder()
+        .route("127.20.0.0/16", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let (status, _, mut tunnel) =
+        connect(stack.binding_addr("net"), &redis.addr().to_string()).await;
+    assert_eq!(status, 200);
+    tunnel.write_all(b"PING\r\n").await.unwrap();
+    // The seed's example: writer.close(), then read.
+    tunnel.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(LIMIT, tunnel.read_to_end(&mut reply))
+        .await
+        .expect("redis answers")
+        .unwrap();
+    assert_eq!(reply, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_concurrent_transfers_are_intact() {
+    let echo = EchoServer::start(ip("127.20.1.1"));
+    let stack = Stack::builder()
+        .route("127.20.1.0/24", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let proxy = stack.binding_addr("net");
+    let target = echo.addr().to_string();
+
+    // 64 MiB through one stream, checksummed.
+    let (status, _, tunnel) = connect(proxy, &target).await;
+    assert_eq!(status, 200);
+    let digest_in = roundtrip(tunnel, 64 << 20, 7).await;
+    assert_eq!(digest_in.0, digest_in.1, "64 MiB echo differs");
+
+    // 200 concurrent streams of 1 MiB each.
+    let mut tasks = Vec::new();
+    for seed in 0..200u32 {
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let (status, _, tunnel) = connect(proxy, &target).await;
+            assert_eq!(status, 200);
+            roundtrip(tunnel, 1 << 20, seed).await
+        }));
+    }
+    for task in tasks {
+        let (sent, received) = tokio::time::timeout(LIMIT * 4, task)
+            .await
+            .expect("transfer finishes")
+            .unwrap();
+        assert_eq!(sent, received);
+    }
+}
+
+/// Send `len` pseudo-random bytes, half-close, read everything back; (sent, received) digests.
+async fn roundtrip(tunnel: TcpStream, len: usize, seed: u32) -> ([u8; 32], [u8; 32]) {
+    let (mut read, mut write) = tunnel.into_split();
+    let writer = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let mut left = len;
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let n = left.min(buf.len());
+            for b in &mut buf[..n] {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *b = state as u8;
+            }
+            hash.update(&buf[..n]);
+            write.write_all(&buf[..n]).await.unwrap();
+            left -= n;
+        }
+        write.shutdown().await.unwrap();
+        <[u8; 32]>::from(hash.finalize())
+    });
+    let mut hash = Sha256::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(LIMIT, read.read(&mut buf))
+            .await
+            .expect("echo keeps flowing")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        hash.update(&buf[..n]);
+    }
+    assert_eq!(total, len);
+    (writer.await.unwrap(), hash.finalize().into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_carries_its_proxy_status() {
+    let closed = underpass_e2e::free_port(ip("127.20.2.1"));
+    let dns = Dnsmasq::builder(ip("127.20.2.53"))
+        .record("db.corp.test", ip("127.20.2.7"))
+        .record("metadata.corp.test", ip("127.20.3.9"))
+        .start();
+    let stack = Stack::builder()
+        .route("127.20.2.0/24", None)
+        .route("127.20.3.0/24", None)
+        .route("*.corp.test", None)
+        .route(Dnsmasq::NX_NAME, None)
+        .deny(&["127.20.3.0/24"])
+        .resolvers(&[dns.addr()])
+        .network_binding("net")
+        .start()
+        .await;
+    let proxy = stack.binding_addr("net");
+    refused_with(proxy, &format!("127.20.2.1:{closed}"), "connection_refused").await;
+    refused_with(proxy, "127.21.0.1:80", "destination_ip_prohibited").await;
+    refused_with(proxy, "127.20.3.1:80", "destination_ip_prohibited").await;
+    refused_with(proxy, "unrouted.example.test:80", "destination_not_found").await;
+    refused_with(proxy, &format!("{}:80", Dnsmasq::NX_NAME), "dns_error").await;
+    // A hostname route must not become a path to a denied IP.
+    refused_with(proxy, "metadata.corp.test:80", "destination_ip_prohibited").await;
+
+    // And a routed name that resolves to a live origin works.
+    let echo = EchoServer::start_with(ip("127.20.2.7"), Behaviour::Echo);
+    let (status, _, mut tunnel) =
+        connect(proxy, &format!("db.corp.test:{}", echo.addr().port())).await;
+    assert_eq!(status, 200);
+    tunnel.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    tunnel.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_closes_the_origin_socket() {
+    let source = EchoServer::start_with(ip("127.20.4.1"), Behaviour::Source { len: 1 << 30 });
+    let stack = Stack::builder()
+        .route("127.20.4.0/24", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let (status, _, mut tunnel) =
+        connect(stack.binding_addr("net"), &source.addr().to_string()).await;
+    assert_eq!(status, 200);
+    // Mid-transfer: read some of the gigabyte, then close the client socket.
+    let mut buf = vec![0u8; 1 << 20];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    drop(tunnel);
+    let closed = source
+        .wait_for(Duration::from_secs(1), |event| {
+            matches!(
+                event,
+                ConnEvent::Error { .. } | ConnEvent::Closed { .. } | ConnEvent::Eof { .. }
+            )
+        })
+        .await;
+    assert!(
+        closed.is_some(),
+        "the origin did not see the close within 1 s: {:?}",
+        source.events()
+    );
+}
