@@ -49,6 +49,20 @@ fn users_nginx(ip: IpAddr) -> Nginx {
         .start()
 }
 
+/// Polls `condition` (5 ms to 50 ms apart) until it holds or `deadline` passes.
+async fn eventually(deadline: Duration, condition: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while !condition() {
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    true
+}
+
 fn assert_users(response: &underpass_e2e::http1::Response, output: &str) {
     assert_eq!(response.status, 200, "{}\n{output}", response.text());
     assert_eq!(
@@ -129,11 +143,12 @@ async fn get_users_through_a_vpc_network_binding_with_a_hostname_route() {
 
     let response = workerd.get("get-users").await;
     assert_users(&response, &workerd.output());
-    assert!(
-        dns.log().contains("internal-api.company.local"),
-        "the connector asked dnsmasq: {}",
-        dns.log()
-    );
+    // dnsmasq writes its query log on its own schedule: poll for the line.
+    let asked = eventually(CLOSE_DEADLINE, || {
+        dns.log().contains("query[A] internal-api.company.local")
+    })
+    .await;
+    assert!(asked, "the connector asked dnsmasq: {}", dns.log());
     let log = nginx.wait_access_log(1, CLOSE_DEADLINE);
     assert_eq!(log[0]["request_uri"], "/users");
     assert_eq!(

@@ -129,9 +129,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // As an operator would: create the tunnel, start the edge, hand the token to the connector.
     let config = edge_config(&dir, &ports, &ca_file);
     underpass_edge::state::ensure_dir(&config.state_dir).context("create the edge state")?;
-    TunnelStore::open(&config.state_dir)
-        .and_then(|store| store.create(TUNNEL))
-        .context("create the demo tunnel")?;
+    let store = TunnelStore::open(&config.state_dir).context("open the tunnel store")?;
+    // A --state-dir kept from an earlier run already has the tunnel.
+    if store.resolve(TUNNEL).is_none() {
+        store.create(TUNNEL).context("create the demo tunnel")?;
+    }
+    drop(store);
     let edge = Edge::start(config)
         .await
         .context("start the edge (a binding port taken? try --port-base)")?;
