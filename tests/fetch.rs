@@ -9,9 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use stack::{Service, Stack};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use underpass_e2e::http1::{exchange, Response};
-use underpass_e2e::{Dnsmasq, Location, Nginx, TestPki};
+use underpass_e2e::{Dnsmasq, EchoServer, Location, Nginx, TestPki};
+use underpass_edge::config::CertVerificationMode;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -200,4 +203,140 @@ async fn network_binding_follows_the_url_and_the_routes() {
     )
     .await;
     assert_eq!(response.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_modes_against_nginx() {
+    let pki = TestPki::new("modes-ca");
+    let unknown = TestPki::new("unknown-ca");
+    let cert = pki.issue(&["a.internal.test"]);
+    let nginx = Nginx::builder(ip("127.20.14.1"))
+        .tls_site("a.internal.test", &cert.chain_pem, &cert.key_pem)
+        .location(Location::json("/api/data", r#"{"ok":true}"#))
+        .start();
+    let https = nginx.https_addr().expect("https listener");
+    let stack = Stack::builder()
+        .route("127.20.14.0/24", None)
+        .service_binding(
+            "ca",
+            Service::https(https, &pki.ca_pem()).with_mode(CertVerificationMode::VerifyCa),
+        )
+        .service_binding(
+            "ca_unknown",
+            Service::https(https, &unknown.ca_pem()).with_mode(CertVerificationMode::VerifyCa),
+        )
+        .service_binding(
+            "off",
+            Service::https(https, &unknown.ca_pem()).with_mode(CertVerificationMode::Disabled),
+        )
+        .start()
+        .await;
+    let mismatched =
+        "GET https://other.internal.test/api/data HTTP/1.1\r\nConnection: close\r\n\r\n";
+    // verify_ca: a name mismatch is accepted...
+    let response = fetch(stack.binding_addr("ca"), mismatched).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    // ...an unknown CA is not.
+    let response = fetch(stack.binding_addr("ca_unknown"), mismatched).await;
+    let status = response.header("proxy-status").unwrap_or_default();
+    assert!(status.contains("error=tls_certificate_error"), "{status}");
+    // disabled: both pass.
+    let response = fetch(stack.binding_addr("off"), mismatched).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// An origin that answers `101` and then echoes raw bytes (until EOF, then half-closes), or
+/// `400` for a path containing `refuse`.
+async fn upgrade_origin(listener: TcpListener) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            if head.contains("refuse") || !head.contains("upgrade: websocket") {
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                return;
+            }
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                )
+                .await;
+            let (mut read, mut write) = socket.into_split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_through_the_edge() {
+    let listener = TcpListener::bind("127.20.15.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(upgrade_origin(listener));
+    let stack = Stack::builder()
+        .route("127.20.15.0/24", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let proxy = stack.binding_addr("net");
+
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET http://{origin}/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
+            .await
+            .expect("101 in time")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the 101: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    stream.write_all(b"hello over the upgrade").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(LIMIT, stream.read_to_end(&mut echoed))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(echoed, b"hello over the upgrade");
+
+    // A refused upgrade is a proxy error, http_upgrade_failed.
+    let response = fetch(
+        proxy,
+        &format!(
+            "GET http://{origin}/refuse HTTP/1.1\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"
+        ),
+    )
+    .await;
+    let status = response.header("proxy-status").unwrap_or_default();
+    assert!(status.contains("error=http_upgrade_failed"), "{status}");
 }

@@ -86,3 +86,99 @@ async fn one_gib_download_is_intact_with_bounded_memory() {
         "peak RSS {peak} KiB: the body was buffered"
     );
 }
+
+/// An origin that hashes a `Content-Length` request body as it streams in and answers with
+/// the hex digest.
+async fn hashing_origin(listener: tokio::net::TcpListener) {
+    let Ok((mut socket, _)) = listener.accept().await else {
+        return;
+    };
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut hash = Sha256::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = socket.read(&mut buf[..want]).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let digest = hex::encode(hash.finalize());
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{digest}",
+        digest.len()
+    );
+    let _ = socket.write_all(reply.as_bytes()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_upload_is_intact_with_bounded_memory() {
+    let listener = tokio::net::TcpListener::bind("127.20.21.1:0")
+        .await
+        .unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(hashing_origin(listener));
+    let stack = Stack::builder()
+        .route("127.20.21.0/24", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let stream = TcpStream::connect(stack.binding_addr("net")).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let uploader = tokio::spawn(async move {
+        let head = format!(
+            "POST http://{origin}/upload HTTP/1.1\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n"
+        );
+        write.write_all(head.as_bytes()).await.unwrap();
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sent = 0u64;
+        let mut state = 0x9e37_79b9_u32;
+        while sent < GIB {
+            for chunk in buf.chunks_mut(4) {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+            }
+            hash.update(&buf);
+            write.write_all(&buf).await.unwrap();
+            sent += buf.len() as u64;
+        }
+        (hex::encode(hash.finalize()), write)
+    });
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(600), read.read_to_end(&mut response))
+        .await
+        .expect("the upload finishes")
+        .unwrap();
+    let (sent_digest, _write) = uploader.await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with(&sent_digest),
+        "origin digest differs: {response}"
+    );
+    let peak = peak_rss_kib();
+    println!("peak RSS after a 1 GiB upload {peak} KiB");
+    assert!(
+        peak < 512 * 1024,
+        "peak RSS {peak} KiB: the body was buffered"
+    );
+}

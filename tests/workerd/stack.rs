@@ -26,6 +26,7 @@ pub struct Service {
     addr: SocketAddr,
     https: bool,
     ca_pem: Option<String>,
+    mode: CertVerificationMode,
 }
 
 impl Service {
@@ -35,6 +36,7 @@ impl Service {
             addr: origin,
             https: false,
             ca_pem: None,
+            mode: CertVerificationMode::VerifyFull,
         }
     }
 
@@ -44,7 +46,14 @@ impl Service {
             addr: origin,
             https: true,
             ca_pem: Some(ca_pem.to_owned()),
+            mode: CertVerificationMode::VerifyFull,
         }
+    }
+
+    /// The same service with another `tls.cert_verification_mode`.
+    pub fn with_mode(mut self, mode: CertVerificationMode) -> Self {
+        self.mode = mode;
+        self
     }
 }
 
@@ -154,7 +163,7 @@ impl StackBuilder {
                 http_port: (!service.https).then_some(service.addr.port()),
                 https_port: service.https.then_some(service.addr.port()),
                 tls: ServiceTls {
-                    cert_verification_mode: CertVerificationMode::VerifyFull,
+                    cert_verification_mode: service.mode,
                     ca_file,
                 },
             });
