@@ -151,7 +151,12 @@ impl Connector {
             dialer: Arc::new(dialer),
             header_timeout: config.timeouts.header,
             max_streams: config.max_streams,
-            origin: crate::origin::OriginClient::new(crate::origin::OriginSettings::default()),
+            origin: crate::origin::OriginClient::new(crate::origin::OriginSettings {
+                tls_handshake_timeout: config.timeouts.tls_handshake,
+                response_header_timeout: config.timeouts.response_header,
+                http2: config.timeouts.origin_http2,
+                ..crate::origin::OriginSettings::default()
+            }),
         });
         let slots = usize::from(config.connections);
         let (states, _) = watch::channel(vec![ConnectionState::Connecting; slots]);

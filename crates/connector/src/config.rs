@@ -134,6 +134,12 @@ pub struct Timeouts {
     pub register: Duration,
     /// On shutdown, how long open streams may continue before connections are closed.
     pub drain: Duration,
+    /// The TLS handshake with an HTTPS origin.
+    pub tls_handshake: Duration,
+    /// Waiting for an origin's response head once the request is sent.
+    pub response_header: Duration,
+    /// Offer HTTP/2 to HTTPS origins by ALPN (`timeouts.origin_http2`; HTTP/1.1 otherwise).
+    pub origin_http2: bool,
 }
 
 /// How the connector finds and verifies the edge.
@@ -212,6 +218,10 @@ pub const DEFAULT_HEADER_MS: u64 = 10_000;
 pub const DEFAULT_REGISTER_MS: u64 = 10_000;
 /// Default `timeouts.drain_ms`.
 pub const DEFAULT_DRAIN_MS: u64 = 30_000;
+/// Default `timeouts.tls_handshake_ms`.
+pub const DEFAULT_TLS_HANDSHAKE_MS: u64 = 10_000;
+/// Default `timeouts.response_header_ms`.
+pub const DEFAULT_RESPONSE_HEADER_MS: u64 = 60_000;
 /// Default `dns.timeout_ms`.
 pub const DEFAULT_DNS_TIMEOUT_MS: u64 = 5_000;
 /// Default `reconnect.initial_ms`.

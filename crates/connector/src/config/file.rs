@@ -70,6 +70,9 @@ pub(super) struct TimeoutsSection {
     pub(super) header_ms: Option<u64>,
     pub(super) register_ms: Option<u64>,
     pub(super) drain_ms: Option<u64>,
+    pub(super) tls_handshake_ms: Option<u64>,
+    pub(super) response_header_ms: Option<u64>,
+    pub(super) origin_http2: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

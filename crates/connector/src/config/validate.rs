@@ -17,7 +17,8 @@ use super::{
     ConfigError, ConnectorConfig, DnsSettings, EdgeSettings, Overrides, ReconnectSettings, Route,
     Timeouts, TokenSource, DEFAULT_CONNECT_MS, DEFAULT_DNS_TIMEOUT_MS, DEFAULT_DRAIN_MS,
     DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS, DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS,
-    DEFAULT_REGISTER_MS, MAX_CONNECTIONS, MAX_STREAMS_LIMIT, TOKEN_ENV,
+    DEFAULT_REGISTER_MS, DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS,
+    MAX_STREAMS_LIMIT, TOKEN_ENV,
 };
 
 /// Port used for a resolver given without one.
@@ -125,6 +126,17 @@ pub(super) fn validate_with_token(
         )?,
         // Zero is allowed: close at once on shutdown.
         drain: Duration::from_millis(file.timeouts.drain_ms.unwrap_or(DEFAULT_DRAIN_MS)),
+        tls_handshake: positive_ms(
+            "timeouts.tls_handshake_ms",
+            file.timeouts.tls_handshake_ms,
+            DEFAULT_TLS_HANDSHAKE_MS,
+        )?,
+        response_header: positive_ms(
+            "timeouts.response_header_ms",
+            file.timeouts.response_header_ms,
+            DEFAULT_RESPONSE_HEADER_MS,
+        )?,
+        origin_http2: file.timeouts.origin_http2.unwrap_or(false),
     };
 
     let quic = quic_settings(&file.quic)?;
