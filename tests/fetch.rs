@@ -173,10 +173,15 @@ async fn network_binding_follows_the_url_and_the_routes() {
     assert!(response.header("proxy-status").is_none());
     assert_eq!(response.text(), r#"{"e":1}"#);
 
-    // Unrouted destination: refused by the connector's routes, nothing dialed.
+    // Unrouted destination: refused by the connector's routes, nothing dialed (a server
+    // listening there sees no connection).
+    let unrouted = EchoServer::start(ip("127.21.0.9"));
     let response = fetch(
         proxy,
-        "GET http://127.21.0.9:80/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET http://127.21.0.9:{}/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+            unrouted.addr().port()
+        ),
     )
     .await;
     assert_eq!(response.status, 502);
@@ -184,6 +189,11 @@ async fn network_binding_follows_the_url_and_the_routes() {
     assert!(
         status.contains("error=destination_ip_prohibited"),
         "{status}"
+    );
+    assert_eq!(
+        unrouted.accepted(),
+        0,
+        "a packet reached the unrouted address"
     );
 
     // A closed port on a routed address.

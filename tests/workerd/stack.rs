@@ -51,6 +51,8 @@ impl Service {
     }
 
     /// The same service with another `tls.cert_verification_mode`.
+    // Used by tests/fetch.rs; each test binary compiles this file on its own.
+    #[allow(dead_code)]
     pub fn with_mode(mut self, mode: CertVerificationMode) -> Self {
         self.mode = mode;
         self
