@@ -32,7 +32,7 @@ use crate::directory::{Binding, BindingTarget, ServicePorts};
 use crate::fetch::{FetchBody, FetchTarget};
 use crate::proxy_status::{error_response, error_response_with};
 use crate::registry::{Picked, Registry, StreamLease};
-use crate::tunnels::TunnelStore;
+use crate::tunnels::{Tunnel, TunnelStore};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -172,23 +172,9 @@ pub async fn handle_http<C: Connection>(
             }
         },
     };
-    let tunnel_ref = binding.target.tunnel();
-    let Some(tunnel) = context.tunnels.resolve(tunnel_ref) else {
-        warn!(
-            tunnel = tunnel_ref,
-            "binding refers to a tunnel that does not exist"
-        );
-        return error_response(
-            ProxyStatus::DestinationUnavailable,
-            &format!("tunnel {tunnel_ref} does not exist on this edge"),
-        );
-    };
-    let Some(picked) = context.registry.pick(&tunnel.id) else {
-        info!(tunnel = %tunnel.name, "no connector online");
-        return error_response(
-            ProxyStatus::DestinationUnavailable,
-            &format!("no connector online for tunnel {}", tunnel.name),
-        );
+    let (tunnel, picked) = match pick_connection(binding, context) {
+        Ok(pair) => pair,
+        Err(response) => return *response,
     };
     let span = info_span!(
         "fetch",
@@ -203,6 +189,33 @@ pub async fn handle_http<C: Connection>(
     crate::fetch::forward(&picked.conn, &target, request, reply_timeout)
         .instrument(span)
         .await
+}
+
+/// The binding's tunnel and a live connection of it, or the `destination_unavailable`
+/// answer that says why there is none.
+fn pick_connection<C: Connection>(
+    binding: &Binding,
+    context: &FrontContext<C>,
+) -> Result<(Tunnel, Picked<C>), Box<Response<FetchBody>>> {
+    let tunnel_ref = binding.target.tunnel();
+    let Some(tunnel) = context.tunnels.resolve(tunnel_ref) else {
+        warn!(
+            tunnel = tunnel_ref,
+            "binding refers to a tunnel that does not exist"
+        );
+        return Err(Box::new(error_response(
+            ProxyStatus::DestinationUnavailable,
+            &format!("tunnel {tunnel_ref} does not exist on this edge"),
+        )));
+    };
+    let Some(picked) = context.registry.pick(&tunnel.id) else {
+        info!(tunnel = %tunnel.name, "no connector online");
+        return Err(Box::new(error_response(
+            ProxyStatus::DestinationUnavailable,
+            &format!("no connector online for tunnel {}", tunnel.name),
+        )));
+    };
+    Ok((tunnel, picked))
 }
 
 /// `connect()`: open a TCP stream through a connector of the binding's tunnel.
@@ -220,23 +233,9 @@ async fn handle_connect<C: Connection>(
         Ok(target) => target,
         Err(refusal) => return refusal.response(),
     };
-    let tunnel_ref = binding.target.tunnel();
-    let Some(tunnel) = context.tunnels.resolve(tunnel_ref) else {
-        warn!(
-            tunnel = tunnel_ref,
-            "binding refers to a tunnel that does not exist"
-        );
-        return error_response(
-            ProxyStatus::DestinationUnavailable,
-            &format!("tunnel {tunnel_ref} does not exist on this edge"),
-        );
-    };
-    let Some(picked) = context.registry.pick(&tunnel.id) else {
-        info!(tunnel = %tunnel.name, "no connector online");
-        return error_response(
-            ProxyStatus::DestinationUnavailable,
-            &format!("no connector online for tunnel {}", tunnel.name),
-        );
+    let (tunnel, picked) = match pick_connection(binding, context) {
+        Ok(pair) => pair,
+        Err(response) => return *response,
     };
     let span = info_span!(
         "connect",
