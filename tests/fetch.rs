@@ -350,3 +350,64 @@ async fn websocket_upgrade_through_the_edge() {
     let status = response.header("proxy-status").unwrap_or_default();
     assert!(status.contains("error=http_upgrade_failed"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_response_arrives_chunk_by_chunk() {
+    // The origin sends the next event only after the client has received the previous one
+    // through the tunnel: a proxy that buffered the response would never see the second.
+    let listener = TcpListener::bind("127.20.16.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (received_tx, mut received_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                  transfer-encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        for n in 0..5 {
+            let event = format!("data: {n}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            socket.write_all(chunk.as_bytes()).await.unwrap();
+            if received_rx.recv().await.is_none() {
+                return;
+            }
+        }
+        socket.write_all(b"0\r\n\r\n").await.unwrap();
+    });
+    let stack = Stack::builder()
+        .route("127.20.16.0/24", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(stack.binding_addr("net")).await.unwrap();
+    stream
+        .write_all(format!("GET http://{origin}/events HTTP/1.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    for n in 0..5 {
+        let want = format!("data: {n}\n\n");
+        while !seen.contains(&want) {
+            let read = tokio::time::timeout(LIMIT, stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("event {n} was held back: {seen:?}"))
+                .unwrap();
+            assert!(read > 0, "closed early: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..read]));
+        }
+        received_tx.send(()).await.unwrap();
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+}
