@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -20,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::warn;
 use underpass_proto::{ProxyErrorReply, ProxyStatus, TlsVerification};
-use underpass_transport::tls::provider;
+use underpass_transport::tls::{provider, NoVerifier};
 
 /// ALPN offer when HTTP/2 is allowed: h2 first, HTTP/1.1 as the fallback.
 const ALPN_H2: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -103,7 +102,7 @@ impl TlsConfigs {
         let mut config = match key.mode {
             VerifyMode::Disabled => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+                .with_custom_certificate_verifier(Arc::new(NoVerifier(provider())))
                 .with_no_client_auth(),
             VerifyMode::Full | VerifyMode::Ca => {
                 let roots = self.roots(key.ca_pem.as_deref())?;
@@ -264,56 +263,6 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
-    }
-}
-
-/// `disabled`: any certificate is accepted; the handshake signatures are still checked, so
-/// the peer at least holds the key of the certificate it sent.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
