@@ -22,7 +22,7 @@ use underpass_mux::http::{body_kind, headers_to_wire, send_body, wire_to_headers
 use underpass_mux::{open_http, pipe_tcp, MuxError};
 use underpass_proto::{
     BodyKind, DialTarget, Host, HttpRequestHead, ProxyStatus, Scheme, StreamReply, TlsVerification,
-    RESET_CANCELLED,
+    RESET_CANCELLED, RESET_INTERNAL,
 };
 use underpass_transport::{Connection, RecvStream, SendStream};
 
@@ -347,22 +347,28 @@ pub async fn forward<C: Connection>(
     }
 }
 
-/// After a `101`, splice the client's connection with the stream.
-async fn splice_upgraded<S: SendStream, R: RecvStream>(
+/// After a `101` (or a CONNECT's `200`), splice the client's connection with the stream.
+pub(crate) async fn splice_upgraded<S: SendStream, R: RecvStream>(
     upgraded: hyper::upgrade::Upgraded,
     mut send: S,
-    recv: R,
+    mut recv: R,
 ) {
+    // hyper serves exactly the `TokioIo<TcpStream>` given to `serve_connection`, so the
+    // downcast succeeds; the fallback only guards against a change in that setup.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let stats = pipe_tcp(parts.io.into_inner(), Some(parts.read_buf), send, recv).await;
-            debug!(?stats, "upgraded pipe ended");
+            debug!(
+                up = stats.socket_to_stream,
+                down = stats.stream_to_socket,
+                outcome = ?stats.outcome,
+                "client pipe ended"
+            );
         }
         Err(_) => {
-            // The binding front serves plain TCP connections only, so this cannot happen;
-            // refuse rather than guess.
-            warn!("upgraded connection is not a TCP stream");
-            send.reset(RESET_CANCELLED);
+            warn!("upgraded client connection is not a TCP stream; closing the stream");
+            send.reset(RESET_INTERNAL);
+            recv.stop(RESET_INTERNAL);
         }
     }
 }

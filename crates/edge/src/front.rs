@@ -23,13 +23,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
-use underpass_mux::{open_tcp, pipe_tcp, Buffered, MuxError, OpenError};
-use underpass_proto::{DialTarget, ProxyStatus, TcpConnect, RESET_CANCELLED, RESET_INTERNAL};
+use underpass_mux::{open_tcp, Buffered, MuxError, OpenError};
+use underpass_proto::{DialTarget, ProxyStatus, TcpConnect, RESET_CANCELLED};
 use underpass_transport::{Connection, RecvStream, SendStream, StreamError};
 
 use crate::authority::parse_authority;
 use crate::directory::{Binding, BindingTarget, ServicePorts};
-use crate::fetch::{FetchBody, FetchTarget};
+use crate::fetch::{splice_upgraded, FetchBody, FetchTarget};
 use crate::proxy_status::{error_response, error_response_with};
 use crate::registry::{Picked, Registry, StreamLease};
 use crate::tunnels::{Tunnel, TunnelStore};
@@ -390,24 +390,7 @@ async fn run_tunnel<S: SendStream, R: RecvStream>(
             return;
         }
     };
-    // hyper serves exactly the `TokioIo<TcpStream>` given to `serve_connection`, so the
-    // downcast succeeds; the fallback only guards against a change in that setup.
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let stats = pipe_tcp(parts.io.into_inner(), Some(parts.read_buf), send, recv).await;
-            debug!(
-                up = stats.socket_to_stream,
-                down = stats.stream_to_socket,
-                outcome = ?stats.outcome,
-                "tunnel closed"
-            );
-        }
-        Err(_) => {
-            warn!("upgraded client connection is not a TCP stream; closing the tunnel");
-            send.reset(RESET_INTERNAL);
-            recv.stop(RESET_INTERNAL);
-        }
-    }
+    splice_upgraded(upgraded, send, recv).await;
     drop(lease);
 }
 
