@@ -227,3 +227,86 @@ async fn client_close_closes_the_origin_socket() {
         source.events()
     );
 }
+
+/// A `mode = "tcp"` binding: a plain local port into one TCP service, with no CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_binding_forwards_a_plain_port() {
+    let redis = Redis::start(ip("127.20.5.6"));
+    let echo = EchoServer::start(ip("127.20.5.7"));
+    let stack = Stack::builder()
+        .route("127.20.5.0/24", None)
+        .tcp_binding("redis", redis.addr())
+        .tcp_binding("echo", echo.addr())
+        .start()
+        .await;
+
+    // redis-cli style: the client speaks RESP to the local port, half-closes, reads.
+    let mut redis_port = TcpStream::connect(stack.binding_addr("redis"))
+        .await
+        .expect("tcp binding accepts");
+    redis_port.write_all(b"PING\r\n").await.unwrap();
+    redis_port.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(LIMIT, redis_port.read_to_end(&mut reply))
+        .await
+        .expect("redis answers")
+        .unwrap();
+    assert_eq!(reply, b"+PONG\r\n");
+
+    // 16 MiB each way through the port, checksummed, and 50 at once.
+    let port = stack.binding_addr("echo");
+    let (sent, received) = roundtrip(TcpStream::connect(port).await.unwrap(), 16 << 20, 3).await;
+    assert_eq!(sent, received, "16 MiB echo differs");
+    let mut tasks = Vec::new();
+    for seed in 0..50u32 {
+        tasks.push(tokio::spawn(async move {
+            roundtrip(TcpStream::connect(port).await.unwrap(), 256 << 10, seed).await
+        }));
+    }
+    for task in tasks {
+        let (sent, received) = tokio::time::timeout(LIMIT * 2, task)
+            .await
+            .expect("transfer finishes")
+            .unwrap();
+        assert_eq!(sent, received);
+    }
+}
+
+/// With no protocol to carry a Proxy-Status, a stream that cannot open resets the client
+/// connection instead of ending it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_binding_resets_the_client_when_the_dial_fails() {
+    let closed = underpass_e2e::free_port(ip("127.20.6.1"));
+    let unrouted = EchoServer::start(ip("127.20.7.1"));
+    let stack = Stack::builder()
+        .route("127.20.6.0/24", None)
+        .tcp_binding("closed", SocketAddr::new(ip("127.20.6.1"), closed))
+        .tcp_binding("unrouted", unrouted.addr())
+        .start()
+        .await;
+    for name in ["closed", "unrouted"] {
+        // The reset can arrive before the client's connect() has even returned.
+        let outcome = match TcpStream::connect(stack.binding_addr(name)).await {
+            Err(error) => Err(error),
+            Ok(mut client) => {
+                let mut buf = [0u8; 16];
+                tokio::time::timeout(LIMIT, client.read(&mut buf))
+                    .await
+                    .expect("the edge ends the connection")
+            }
+        };
+        match outcome {
+            Err(error) => assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "{name}: {error}"
+            ),
+            Ok(n) => panic!("{name}: expected a reset, read {n} bytes and a clean end"),
+        }
+    }
+    assert!(
+        unrouted.events().is_empty(),
+        "an unrouted service was dialed: {:?}",
+        unrouted.events()
+    );
+}

@@ -243,6 +243,7 @@ fn edge_config(dir: &Path, ports: &Ports, ca_file: &Path) -> EdgeConfig {
             listen,
             network: network.map(str::to_owned),
             service: service.map(str::to_owned),
+            mode: Default::default(),
         }
     };
     config.bindings = vec![

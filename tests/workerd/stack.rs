@@ -8,8 +8,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 use underpass_connector::{ConnectorConfig, ConnectorHandle, Overrides};
 use underpass_edge::config::{
-    BindingConfig, CertVerificationMode, EdgeConfig, NetworkConfig, ServiceConfig, ServiceHost,
-    ServiceKind, ServiceTls,
+    BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, NetworkConfig, ServiceConfig,
+    ServiceHost, ServiceKind, ServiceTls,
 };
 use underpass_edge::tunnels::TunnelStore;
 use underpass_edge::{Edge, EdgeHandle};
@@ -67,6 +67,7 @@ pub struct StackBuilder {
     resolvers: Vec<SocketAddr>,
     networks: Vec<String>,
     services: Vec<(String, Service)>,
+    tcp_forwards: Vec<(String, SocketAddr)>,
 }
 
 /// A running edge and connector; both stop when dropped.
@@ -82,7 +83,7 @@ impl Stack {
         StackBuilder::default()
     }
 
-    /// The forward-proxy listener of binding `name`.
+    /// The listener of binding `name` (forward proxy or plain TCP port).
     ///
     /// # Panics
     /// When there is no such binding.
@@ -125,6 +126,14 @@ impl StackBuilder {
         self
     }
 
+    /// A plain TCP binding (`mode = "tcp"`) named `name` to a TCP service at `origin`.
+    // Used by tests/tunnel.rs; each test binary compiles this file on its own.
+    #[allow(dead_code)]
+    pub fn tcp_binding(mut self, name: &str, origin: SocketAddr) -> Self {
+        self.tcp_forwards.push((name.to_owned(), origin));
+        self
+    }
+
     /// Starts the edge (QUIC and bindings on 127.0.0.1, port 0), creates the tunnel, starts
     /// the connector and waits until it registered.
     ///
@@ -148,6 +157,7 @@ impl StackBuilder {
                 listen: loopback,
                 network: Some(name.clone()),
                 service: None,
+                mode: Default::default(),
             });
         }
         for (name, service) in &self.services {
@@ -174,6 +184,26 @@ impl StackBuilder {
                 listen: loopback,
                 network: None,
                 service: Some(name.clone()),
+                mode: Default::default(),
+            });
+        }
+        for (name, origin) in &self.tcp_forwards {
+            config.services.push(ServiceConfig {
+                name: name.clone(),
+                kind: ServiceKind::Tcp,
+                tunnel: TUNNEL.to_owned(),
+                host: ServiceHost::ip(origin.ip()),
+                tcp_port: Some(origin.port()),
+                http_port: None,
+                https_port: None,
+                tls: ServiceTls::default(),
+            });
+            config.bindings.push(BindingConfig {
+                name: name.clone(),
+                listen: loopback,
+                network: None,
+                service: Some(name.clone()),
+                mode: BindingMode::Tcp,
             });
         }
         // As an operator would: create the tunnel, then start the edge that serves it.

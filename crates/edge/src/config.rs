@@ -382,6 +382,31 @@ pub struct BindingConfig {
     /// The service served (exactly one of `network` and `service`).
     #[serde(default)]
     pub service: Option<String>,
+    /// What the listener speaks: the HTTP forward proxy (default) or plain TCP.
+    #[serde(default)]
+    pub mode: BindingMode,
+}
+
+/// What a binding's listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingMode {
+    /// An HTTP/1.1 forward proxy: `CONNECT` for `connect()`, absolute-form requests for
+    /// `fetch()`. What workerd talks to.
+    #[default]
+    Proxy,
+    /// A plain TCP port: every accepted connection is piped to the binding's `type = "tcp"`
+    /// service. For clients that speak only TCP (database tools, iperf3).
+    Tcp,
+}
+
+impl fmt::Display for BindingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BindingMode::Proxy => "proxy",
+            BindingMode::Tcp => "tcp",
+        })
+    }
 }
 
 impl EdgeConfig {

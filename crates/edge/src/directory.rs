@@ -9,8 +9,8 @@ use std::path::Path;
 use underpass_proto::{DialTarget, Host, Scheme, TlsVerification};
 
 use crate::config::{
-    check_name, check_tunnel_ref, invalid, ConfigError, EdgeConfig, NetworkConfig, ServiceConfig,
-    ServiceKind, ServiceTls,
+    check_name, check_tunnel_ref, invalid, BindingMode, ConfigError, EdgeConfig, NetworkConfig,
+    ServiceConfig, ServiceKind, ServiceTls,
 };
 
 /// The validated directory: what each binding serves.
@@ -73,9 +73,23 @@ impl Directory {
                     )))
                 }
             };
+            if binding.mode == BindingMode::Tcp {
+                let tcp_service = matches!(
+                    &target,
+                    BindingTarget::Service(service) if matches!(service.ports, ServicePorts::Tcp(_))
+                );
+                if !tcp_service {
+                    return Err(invalid(format!(
+                        "binding {:?}: mode = \"tcp\" needs a service of type = \"tcp\" \
+                         (a plain TCP port forwards to one fixed destination)",
+                        binding.name
+                    )));
+                }
+            }
             bindings.push(Binding {
                 name: binding.name.clone(),
                 listen: binding.listen,
+                mode: binding.mode,
                 target,
             });
         }
@@ -90,6 +104,8 @@ pub struct Binding {
     pub name: String,
     /// The address to listen on.
     pub listen: SocketAddr,
+    /// What the listener speaks.
+    pub mode: BindingMode,
     /// What it serves.
     pub target: BindingTarget,
 }

@@ -37,7 +37,7 @@ use crate::tunnels::{Tunnel, TunnelStore};
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed `accept` (out of file descriptors, ...) before trying again.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What every binding of an edge shares.
 pub struct FrontContext<C> {
@@ -133,7 +133,7 @@ async fn handle<C: Connection>(
     }
 }
 
-/// `fetch()`: an HTTP request in absolute form. Not carried yet; issue 4 replaces this.
+/// `fetch()`: an HTTP request in absolute form, forwarded as one exchange over a stream.
 pub async fn handle_http<C: Connection>(
     request: Request<Incoming>,
     binding: &Binding,
@@ -197,23 +197,31 @@ fn pick_connection<C: Connection>(
     binding: &Binding,
     context: &FrontContext<C>,
 ) -> Result<(Tunnel, Picked<C>), Box<Response<FetchBody>>> {
+    pick(binding, context).map_err(|details| {
+        Box::new(error_response(
+            ProxyStatus::DestinationUnavailable,
+            &details,
+        ))
+    })
+}
+
+/// The binding's tunnel and a live connection of it, or why there is none (the details of a
+/// `destination_unavailable`).
+pub(crate) fn pick<C: Connection>(
+    binding: &Binding,
+    context: &FrontContext<C>,
+) -> Result<(Tunnel, Picked<C>), String> {
     let tunnel_ref = binding.target.tunnel();
     let Some(tunnel) = context.tunnels.resolve(tunnel_ref) else {
         warn!(
             tunnel = tunnel_ref,
             "binding refers to a tunnel that does not exist"
         );
-        return Err(Box::new(error_response(
-            ProxyStatus::DestinationUnavailable,
-            &format!("tunnel {tunnel_ref} does not exist on this edge"),
-        )));
+        return Err(format!("tunnel {tunnel_ref} does not exist on this edge"));
     };
     let Some(picked) = context.registry.pick(&tunnel.id) else {
         info!(tunnel = %tunnel.name, "no connector online");
-        return Err(Box::new(error_response(
-            ProxyStatus::DestinationUnavailable,
-            &format!("no connector online for tunnel {}", tunnel.name),
-        )));
+        return Err(format!("no connector online for tunnel {}", tunnel.name));
     };
     Ok((tunnel, picked))
 }
@@ -335,33 +343,39 @@ fn connect_target(target: &BindingTarget, asked: &str) -> Result<DialTarget, Con
 
 /// The response for a stream that did not open.
 fn open_error_response(error: OpenError, limit: Duration) -> Response<FetchBody> {
+    let (status, details) = open_error_status(error, limit);
+    error_response(status, &details)
+}
+
+/// The Proxy-Status code and details for a stream that did not open.
+pub(crate) fn open_error_status(error: OpenError, limit: Duration) -> (ProxyStatus, String) {
     match error {
-        OpenError::Refused(reply) => error_response(reply.status, &reply.details),
-        OpenError::Mux(MuxError::Timeout(_)) => error_response(
+        OpenError::Refused(reply) => (reply.status, reply.details),
+        OpenError::Mux(MuxError::Timeout(_)) => (
             ProxyStatus::ConnectionTimeout,
-            &format!(
+            format!(
                 "the connector did not answer within {} ms",
                 limit.as_millis()
             ),
         ),
-        OpenError::Mux(MuxError::Stream(error)) => error_response(
+        OpenError::Mux(MuxError::Stream(error)) => (
             ProxyStatus::DestinationUnavailable,
-            &format!(
+            format!(
                 "the stream to the connector failed: {}",
                 stream_error_text(&error)
             ),
         ),
-        OpenError::Mux(MuxError::UnexpectedEof) => error_response(
+        OpenError::Mux(MuxError::UnexpectedEof) => (
             ProxyStatus::DestinationUnavailable,
-            "the connector closed the stream without answering",
+            "the connector closed the stream without answering".into(),
         ),
-        OpenError::Mux(error @ (MuxError::Decode(_) | MuxError::Encode(_))) => error_response(
+        OpenError::Mux(error @ (MuxError::Decode(_) | MuxError::Encode(_))) => (
             ProxyStatus::ProxyInternalError,
-            &format!("tunnel protocol error: {error}"),
+            format!("tunnel protocol error: {error}"),
         ),
-        OpenError::UnexpectedReply => error_response(
+        OpenError::UnexpectedReply => (
             ProxyStatus::ProxyInternalError,
-            "the connector sent a reply that does not fit a TCP stream",
+            "the connector sent a reply that does not fit a TCP stream".into(),
         ),
     }
 }

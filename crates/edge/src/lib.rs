@@ -6,8 +6,10 @@
 //! - [`state`] and [`tunnels`]: the state directory (dev PKI, tunnels and their secrets);
 //! - [`registry`]: live connector connections per tunnel;
 //! - [`server`]: registration and the control stream of each connector connection;
-//! - [`front`]: the binding listeners (`CONNECT` for `connect()`, later `fetch()`);
-//! - [`fetch`]: forwarding one `fetch()` over a stream (not wired into [`front`] yet);
+//! - [`front`]: the forward-proxy binding listeners (`CONNECT` for `connect()`, absolute-form
+//!   requests for `fetch()`);
+//! - [`fetch`]: forwarding one `fetch()` over a stream;
+//! - [`forward`]: plain TCP bindings (`mode = "tcp"`), a local port into one TCP service;
 //! - [`cli`]: the `underpass-edge` command line.
 //!
 //! [`Edge::start`] binds everything and returns an [`EdgeHandle`]; [`serve`] runs an edge until
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod fetch;
+pub mod forward;
 pub mod front;
 pub mod proxy_status;
 pub mod registry;
@@ -40,7 +43,7 @@ use underpass_proto::TunnelToken;
 use underpass_transport::quic::{self, QuicConnection, QuicListener, TransportError};
 use underpass_transport::tls::{self, TlsError};
 
-use crate::config::{ConfigError, EdgeConfig};
+use crate::config::{BindingMode, ConfigError, EdgeConfig};
 use crate::front::FrontContext;
 use crate::registry::Registry;
 use crate::server::{ServerContext, ServerSettings};
@@ -177,14 +180,22 @@ impl Edge {
         });
         let mut binding_addrs = HashMap::new();
         for (binding, listener, addr) in bound {
-            info!(binding = %binding.name, %addr, "binding listening");
+            info!(binding = %binding.name, %addr, mode = %binding.mode, "binding listening");
             binding_addrs.insert(binding.name.clone(), addr);
-            tasks.spawn(front::serve_binding(
-                listener,
+            let mode = binding.mode;
+            let (binding, context, stop) = (
                 Arc::new(binding),
                 front_context.clone(),
                 stop_signal(stopped.clone()),
-            ));
+            );
+            match mode {
+                BindingMode::Proxy => {
+                    tasks.spawn(front::serve_binding(listener, binding, context, stop));
+                }
+                BindingMode::Tcp => {
+                    tasks.spawn(forward::serve_tcp_binding(listener, binding, context, stop));
+                }
+            }
         }
         info!(
             quic = %quic_addr,
@@ -225,7 +236,7 @@ impl EdgeHandle {
         self.quic_addr
     }
 
-    /// The TCP address of a binding's forward proxy.
+    /// The TCP address of a binding's listener (forward proxy or plain TCP port).
     pub fn binding_addr(&self, name: &str) -> Option<SocketAddr> {
         self.binding_addrs.get(name).copied()
     }

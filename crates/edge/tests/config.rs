@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use underpass_edge::config::{ConfigError, EdgeConfig};
+use underpass_edge::config::{BindingMode, ConfigError, EdgeConfig};
 use underpass_edge::directory::{BindingTarget, ServicePorts};
 use underpass_proto::{Host, Scheme, TlsVerification};
 
@@ -20,7 +20,8 @@ fn the_example_is_valid() {
     let config = EdgeConfig::from_toml(EXAMPLE).expect("example parses");
     let directory = config.directory().expect("example validates");
     assert_eq!(config.public_addresses, ["edge.example.com:7844"]);
-    assert_eq!(directory.bindings.len(), 3);
+    assert_eq!(directory.bindings.len(), 4);
+    assert_eq!(directory.bindings[3].mode, BindingMode::Tcp);
     let BindingTarget::Service(redis) = &directory.bindings[1].target else {
         panic!("REDIS serves a service");
     };
@@ -80,6 +81,34 @@ fn binding_needs_exactly_one_target() {
         "{base}[[binding]]\nname = \"B\"\nlisten = \"127.0.0.1:0\"\nnetwork = \"nope\"\n"
     ));
     assert!(dangling.contains("nope"), "{dangling}");
+}
+
+#[test]
+fn tcp_mode_binding_needs_a_tcp_service() {
+    let base = "state_dir = \"/tmp/x\"\n[[network]]\nname = \"n\"\ntunnel = \"t\"\n\
+                [[service]]\nname = \"s\"\ntype = \"tcp\"\ntunnel = \"t\"\ntcp_port = 1\n\
+                host = { ipv4 = \"127.0.0.1\" }\n\
+                [[service]]\nname = \"h\"\ntype = \"http\"\ntunnel = \"t\"\n\
+                host = { ipv4 = \"127.0.0.1\" }\n";
+    let binding = |target: &str, mode: &str| {
+        format!("{base}[[binding]]\nname = \"B\"\nlisten = \"127.0.0.1:0\"\n{target}\nmode = \"{mode}\"\n")
+    };
+    let config = EdgeConfig::from_toml(&binding("service = \"s\"", "tcp")).expect("parses");
+    let directory = config
+        .directory()
+        .expect("a tcp binding to a tcp service is valid");
+    assert_eq!(directory.bindings[0].mode, BindingMode::Tcp);
+    let network = invalid(&binding("network = \"n\"", "tcp"));
+    assert!(network.contains("type = \"tcp\""), "{network}");
+    let http = invalid(&binding("service = \"h\"", "tcp"));
+    assert!(http.contains("type = \"tcp\""), "{http}");
+    let unknown = invalid(&binding("service = \"s\"", "udp"));
+    assert!(unknown.contains("udp"), "{unknown}");
+    let proxy = EdgeConfig::from_toml(&binding("service = \"s\"", "proxy")).expect("parses");
+    assert_eq!(
+        proxy.directory().expect("valid").bindings[0].mode,
+        BindingMode::Proxy
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub fn add_network_binding(config: &mut EdgeConfig, binding: &str, name: &str, t
         listen: "127.0.0.1:0".parse().expect("literal address"),
         network: Some(name.into()),
         service: None,
+        mode: Default::default(),
     });
 }
 
@@ -43,6 +44,7 @@ pub fn add_service_binding(config: &mut EdgeConfig, binding: &str, service: &str
         listen: "127.0.0.1:0".parse().expect("literal address"),
         network: None,
         service: Some(service.into()),
+        mode: Default::default(),
     });
 }
 
