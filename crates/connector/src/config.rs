@@ -193,7 +193,8 @@ pub struct ConnectorConfig {
     pub edge: EdgeSettings,
     /// Reconnect backoff.
     pub reconnect: ReconnectSettings,
-    /// Tokio worker threads for the binary; 0 means one per core, 1 a current-thread runtime.
+    /// Tokio worker threads for the binary; 1 (the default) a current-thread runtime, 0 one
+    /// per core.
     pub worker_threads: usize,
 }
 

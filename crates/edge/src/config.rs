@@ -90,6 +90,23 @@ pub struct EdgeConfig {
     /// Timeouts of the edge's own protocol steps.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The binary's async runtime.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// The `underpass-edge serve` runtime (`[runtime]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads: 1 (default) a single-threaded runtime, 0 one per core.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { worker_threads: 1 }
+    }
 }
 
 /// QUIC tuning (`[quic]`); every key is optional and defaults to [`QuicSettings::default`].
@@ -422,6 +439,7 @@ impl EdgeConfig {
             bindings: Vec::new(),
             quic: QuicConfig::default(),
             timeouts: Timeouts::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 
@@ -470,6 +488,9 @@ impl EdgeConfig {
             .transport_config()
             .map_err(|e| invalid(format!("[quic]: {e}")))?;
         self.timeouts.validate()?;
+        if self.runtime.worker_threads > 1024 {
+            return Err(invalid("runtime.worker_threads must be 0 to 1024".into()));
+        }
         for address in &self.public_addresses {
             if crate::authority::parse_authority(address).is_err() {
                 return Err(invalid(format!(

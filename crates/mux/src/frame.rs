@@ -134,6 +134,19 @@ impl<R: RecvStream> RecvStream for Buffered<R> {
         self.recv.read_chunk(max).await
     }
 
+    async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, StreamError> {
+        match (self.pending.take(), bufs.first_mut()) {
+            (Some(pending), Some(first)) => {
+                *first = pending;
+                Ok(Some(1))
+            }
+            (pending, _) => {
+                self.pending = pending;
+                self.recv.read_chunks(bufs).await
+            }
+        }
+    }
+
     fn stop(&mut self, code: u32) {
         self.pending = None;
         self.recv.stop(code);

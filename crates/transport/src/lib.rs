@@ -7,7 +7,8 @@
 //!
 //! # Cancel safety
 //!
-//! - [`RecvStream::read_chunk`] and [`Connection::accept_bi`] are cancel-safe: dropping the
+//! - [`RecvStream::read_chunk`], [`RecvStream::read_chunks`] and [`Connection::accept_bi`] are
+//!   cancel-safe: dropping the
 //!   future loses no data, the next call returns what the dropped one would have.
 //! - [`SendStream::write_chunk`] is **not** cancel-safe: if its future is dropped, part of the
 //!   chunk may have been sent. Callers that race a write against something else must reset the
@@ -68,6 +69,26 @@ pub trait RecvStream: Send + 'static {
         &mut self,
         max: usize,
     ) -> impl Future<Output = Result<Option<Bytes>, StreamError>> + Send;
+
+    /// Fill `bufs` with the chunks that are ready, waiting only for the first; returns how
+    /// many were filled (at least one), `Ok(None)` at end of stream. Lets a reader write many
+    /// small transport chunks with one vectored write. `bufs` must not be empty. Cancel-safe.
+    ///
+    /// The default reads one chunk with [`read_chunk`](RecvStream::read_chunk).
+    fn read_chunks(
+        &mut self,
+        bufs: &mut [Bytes],
+    ) -> impl Future<Output = Result<Option<usize>, StreamError>> + Send {
+        async move {
+            let Some(first) = bufs.first_mut() else {
+                return Ok(Some(0));
+            };
+            Ok(self.read_chunk(usize::MAX).await?.map(|chunk| {
+                *first = chunk;
+                1
+            }))
+        }
+    }
 
     /// Tell the peer to stop sending: it sees [`StreamError::Stopped`] with `code`.
     fn stop(&mut self, code: u32);

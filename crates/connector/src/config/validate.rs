@@ -176,7 +176,7 @@ pub(super) fn validate_with_token(
         quic,
         edge,
         reconnect,
-        worker_threads: file.runtime.worker_threads.unwrap_or(0),
+        worker_threads: file.runtime.worker_threads.unwrap_or(1),
     })
 }
 

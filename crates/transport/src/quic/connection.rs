@@ -169,21 +169,35 @@ impl QuicRecv {
 
 impl RecvStream for QuicRecv {
     async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
-        match self.inner.read_chunk(max, true).await {
-            Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
-            Err(ReadError::Reset(code)) => Err(StreamError::Reset(code_u32(code))),
-            Err(ReadError::ConnectionLost(e)) => Err(connection_lost(e)),
-            Err(ReadError::ClosedStream) => Err(StreamError::Closed),
-            // Only ordered reads are made, and never on 0-RTT streams.
-            Err(e @ (ReadError::IllegalOrderedRead | ReadError::ZeroRttRejected)) => {
-                Err(StreamError::ConnectionLost(e.to_string()))
-            }
+        self.inner
+            .read_chunk(max, true)
+            .await
+            .map(|chunk| chunk.map(|c| c.bytes))
+            .map_err(read_error)
+    }
+
+    async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, StreamError> {
+        if bufs.is_empty() {
+            return Ok(Some(0));
         }
+        self.inner.read_chunks(bufs).await.map_err(read_error)
     }
 
     fn stop(&mut self, code: u32) {
         // Already finished, reset or stopped: nothing more to stop.
         let _ = self.inner.stop(VarInt::from_u32(code));
+    }
+}
+
+fn read_error(error: ReadError) -> StreamError {
+    match error {
+        ReadError::Reset(code) => StreamError::Reset(code_u32(code)),
+        ReadError::ConnectionLost(e) => connection_lost(e),
+        ReadError::ClosedStream => StreamError::Closed,
+        // Only ordered reads are made, and never on 0-RTT streams.
+        e @ (ReadError::IllegalOrderedRead | ReadError::ZeroRttRejected) => {
+            StreamError::ConnectionLost(e.to_string())
+        }
     }
 }
 
