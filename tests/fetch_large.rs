@@ -79,7 +79,7 @@ async fn one_gib_download_is_intact_with_bounded_memory() {
     assert_eq!(hex::encode(hash.finalize()), expected);
     let peak = peak_rss_kib();
     println!("peak RSS before {before} KiB, after 1 GiB {peak} KiB");
-    // Flow control bounds what is in flight (QUIC windows of 16/64 MiB); a buffered body
+    // Flow control bounds what is in flight (QUIC windows of 16/64 MiB, 8 MiB send window); a buffered body
     // would need more than 1 GiB.
     assert!(
         peak < 512 * 1024,

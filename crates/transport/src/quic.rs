@@ -40,7 +40,10 @@ pub struct QuicSettings {
     pub stream_receive_window: u64,
     /// Connection-wide receive window.
     pub connection_receive_window: u64,
-    /// Bytes we may have in flight unacknowledged, across all streams.
+    /// Bytes we may have in flight unacknowledged, across all streams. This is also how much
+    /// the sender buffers ahead of the network: 8 MiB (the default) keeps that buffer in cache
+    /// and the process small (measured by `scripts/bench`: 2.4 instead of 2.6 CPU-s/GiB, peak
+    /// RSS 21 instead of 85 MB) while still filling about 1.3 Gbit/s at 50 ms round trip.
     pub send_window: u64,
     /// Bidirectional streams the peer may have open at once.
     pub max_concurrent_streams: u64,
@@ -55,7 +58,7 @@ impl Default for QuicSettings {
             idle_timeout: Duration::from_secs(60),
             stream_receive_window: 16 << 20,
             connection_receive_window: 64 << 20,
-            send_window: 64 << 20,
+            send_window: 8 << 20,
             max_concurrent_streams: 32_768,
             socket_buffer: 32 << 20,
         }
