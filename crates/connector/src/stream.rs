@@ -57,7 +57,9 @@ pub(crate) async fn handle<C: Connection>(
     };
     match header {
         StreamHeader::Tcp(connect) => tcp(incoming, connect, &ctx).await,
-        StreamHeader::Http(head) => crate::http::handle(incoming, head, &ctx).await,
+        // Boxed so that a task spawned per stream stays small (a few KiB, not 12) to allocate
+        // and move: the HTTP exchange future is the largest by far.
+        StreamHeader::Http(head) => Box::pin(crate::http::handle(incoming, head, &ctx)).await,
     }
 }
 

@@ -173,7 +173,8 @@ impl OriginClient {
             Err(error) => return refuse(&mut send, error).await,
         };
         if head.body == BodyKind::Upgrade {
-            return upgrade::serve(self, dialer, &origin, &head, send, body).await;
+            // Boxed: the upgrade path is rare and large; inline it would grow every exchange.
+            return Box::pin(upgrade::serve(self, dialer, &origin, &head, send, body)).await;
         }
         let (body, mut upload) = target::watched(RecvBody::new(body, head.body));
         let request = match target::build_request(&head, &origin, body, false) {
@@ -255,8 +256,9 @@ impl OriginClient {
                 Err(HeadError::Failed(failure)) => return Err(failure),
             }
         }
-        let mut sender = self
-            .connect(dialer, origin, true)
+        // Boxed: dialing and TLS/h2 handshakes make a large future, needed only without a
+        // pooled connection; inline it would be allocated and moved with every exchange.
+        let mut sender = Box::pin(self.connect(dialer, origin, true))
             .await
             .map_err(Failure::Reply)?;
         target::fit_version(&mut request, sender.is_http2(), origin.scheme);
