@@ -274,6 +274,13 @@ pub async fn forward<C: Connection>(
     // and the send half waits for the 101; otherwise the body is pumped in its own task.
     let (mut upgrade_parts, pumping) = if upgrade {
         (Some((req, send)), false)
+    } else if kind == BodyKind::Empty {
+        // No body (most GETs): finish now, so the FIN leaves in the header's packet and no
+        // task is spawned. If the stream is already gone, reading the reply says so.
+        if let Err(err) = send.finish() {
+            debug!(error = %err, "stream closed before the request was finished");
+        }
+        (None, true)
     } else {
         let body = req.into_body();
         tokio::spawn(async move {

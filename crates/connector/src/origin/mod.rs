@@ -212,12 +212,14 @@ impl OriginClient {
         }
         match stream_body(&mut send, body, &mut upload).await {
             Ok(bytes) => {
+                // Finish first: the edge gets the end of the response without waiting for
+                // the origin connection to be ready for reuse. Already reset by the peer, or
+                // the connection is gone: nothing to do.
+                let _ = send.finish();
                 if let Some(sender) = lease {
                     self.release(origin.key.clone(), sender, upload.is_done())
                         .await;
                 }
-                // Already reset by the peer, or the connection is gone: nothing to do.
-                let _ = send.finish();
                 debug!(status, bytes, "exchange complete");
             }
             Err(BodyEnd::Cancelled(reason)) => {
