@@ -148,19 +148,7 @@ fn run(args: RunArgs) -> ExitCode {
     if args.dangerous_accept_any_edge_certificate {
         config.edge.verification = EdgeVerification::DangerousNoVerify;
     }
-    let runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match underpass_transport::runtime(config.worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

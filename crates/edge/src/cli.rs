@@ -109,19 +109,8 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn serve(config: EdgeConfig) -> Result<(), EdgeError> {
-    let runtime = match config.runtime.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    }
-    .map_err(EdgeError::Runtime)?;
+    let runtime =
+        underpass_transport::runtime(config.runtime.worker_threads).map_err(EdgeError::Runtime)?;
     runtime.block_on(crate::serve(config, shutdown_signal()))
 }
 

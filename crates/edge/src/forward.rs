@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
-use underpass_mux::{open_tcp, pipe_tcp, MuxError, OpenError};
-use underpass_proto::{DialTarget, TcpConnect};
+use underpass_mux::pipe_tcp;
+use underpass_proto::DialTarget;
 use underpass_transport::Connection;
 
 use crate::directory::{Binding, BindingTarget};
-use crate::front::{open_error_status, pick, FrontContext, ACCEPT_ERROR_PAUSE};
+use crate::front::{accept_until, open_error_status, open_tcp_within, pick, FrontContext};
 
 /// Serve a `mode = "tcp"` binding on `listener` until `shutdown` resolves: one task per
 /// accepted connection. On shutdown the listener closes; forwarded connections keep running
@@ -36,26 +36,13 @@ pub async fn serve_tcp_binding<C: Connection>(
         warn!(binding = %binding.name, "a tcp binding needs a tcp service; not serving");
         return;
     };
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let span = info_span!("forward", binding = %binding.name, %peer);
-                tokio::spawn(
-                    forward(stream, target.clone(), binding.clone(), context.clone())
-                        .instrument(span),
-                );
-            }
-            Err(error) => {
-                warn!(binding = %binding.name, %error, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
-    }
+    accept_until(&listener, &binding.name, shutdown, |stream, peer| {
+        let span = info_span!("forward", binding = %binding.name, %peer);
+        tokio::spawn(
+            forward(stream, target.clone(), binding.clone(), context.clone()).instrument(span),
+        );
+    })
+    .await;
     debug!(binding = %binding.name, "tcp binding listener stopped");
 }
 
@@ -76,18 +63,10 @@ async fn forward<C: Connection>(
         }
     };
     let limit = context.connect_timeout;
-    let opened = tokio::time::timeout(limit, open_tcp(&picked.conn, TcpConnect { target }, limit))
-        .await
-        .unwrap_or(Err(OpenError::Mux(MuxError::Timeout(limit))));
-    match opened {
+    match open_tcp_within(&picked.conn, target, limit).await {
         Ok((send, recv)) => {
-            let stats = pipe_tcp(stream, None, send, recv).await;
-            debug!(
-                up = stats.socket_to_stream,
-                down = stats.stream_to_socket,
-                outcome = ?stats.outcome,
-                "forwarded connection ended"
-            );
+            // pipe_tcp logs what went through and how it ended.
+            pipe_tcp(stream, None, send, recv).await;
         }
         Err(error) => {
             let (status, details) = open_error_status(error, limit);

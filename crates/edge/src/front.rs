@@ -37,7 +37,7 @@ use crate::tunnels::{Tunnel, TunnelStore};
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed `accept` (out of file descriptors, ...) before trying again.
-pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What every binding of an edge shares.
 pub struct FrontContext<C> {
@@ -59,33 +59,45 @@ pub async fn serve_binding<C: Connection>(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_clients, clients_stopped) = watch::channel(false);
+    accept_until(&listener, &binding.name, shutdown, |stream, peer| {
+        let span = info_span!("client", binding = %binding.name, %peer);
+        tokio::spawn(
+            serve_client(
+                stream,
+                binding.clone(),
+                context.clone(),
+                clients_stopped.clone(),
+            )
+            .instrument(span),
+        );
+    })
+    .await;
+    let _ = stop_clients.send(true);
+    debug!(binding = %binding.name, "binding listener stopped");
+}
+
+/// Accept on `listener` until `shutdown` resolves, handing every connection to `serve`. A
+/// failed accept (out of file descriptors, ...) is logged and retried after a pause.
+pub(crate) async fn accept_until(
+    listener: &TcpListener,
+    binding: &str,
+    shutdown: impl Future<Output = ()>,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
+) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let span = info_span!("client", binding = %binding.name, %peer);
-                tokio::spawn(
-                    serve_client(
-                        stream,
-                        binding.clone(),
-                        context.clone(),
-                        clients_stopped.clone(),
-                    )
-                    .instrument(span),
-                );
-            }
+            Ok((stream, peer)) => serve(stream, peer),
             Err(error) => {
-                warn!(binding = %binding.name, %error, "accept failed");
+                warn!(binding, %error, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
     }
-    let _ = stop_clients.send(true);
-    debug!(binding = %binding.name, "binding listener stopped");
 }
 
 /// One client connection: HTTP/1.1 with upgrades (for `CONNECT`).
@@ -265,12 +277,7 @@ async fn open_connect_stream<C: Connection>(
     limit: Duration,
 ) -> Response<FetchBody> {
     debug!(target = ?target, "opening TCP stream");
-    // `open_tcp` bounds the wait for the reply; the outer bound also covers waiting for stream
-    // credit. A stream abandoned part way is reset when dropped.
-    let opened = tokio::time::timeout(limit, open_tcp(&picked.conn, TcpConnect { target }, limit))
-        .await
-        .unwrap_or(Err(OpenError::Mux(MuxError::Timeout(limit))));
-    match opened {
+    match open_tcp_within(&picked.conn, target, limit).await {
         Ok((send, recv)) => {
             let upgrade = hyper::upgrade::on(&mut request);
             tokio::spawn(
@@ -286,6 +293,19 @@ async fn open_connect_stream<C: Connection>(
             response
         }
     }
+}
+
+/// Open a TCP stream to `target` on `conn`, connector's answer included, within `limit`.
+/// `open_tcp` bounds the wait for the reply; the outer bound also covers waiting for stream
+/// credit. A stream abandoned part way is reset when dropped.
+pub(crate) async fn open_tcp_within<C: Connection>(
+    conn: &C,
+    target: DialTarget,
+    limit: Duration,
+) -> Result<(C::Send, Buffered<C::Recv>), OpenError> {
+    tokio::time::timeout(limit, open_tcp(conn, TcpConnect { target }, limit))
+        .await
+        .unwrap_or(Err(OpenError::Mux(MuxError::Timeout(limit))))
 }
 
 /// Why a `CONNECT` is refused before any connector is asked.

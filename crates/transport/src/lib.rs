@@ -25,6 +25,21 @@ use bytes::Bytes;
 pub mod quic;
 pub mod tls;
 
+/// The tokio runtime for a binary that runs a tunnel end: `worker_threads` 1 gives a
+/// single-threaded runtime (the default of both binaries: one QUIC connection is processed
+/// serially anyway, so more workers mostly add cross-thread wake-ups), 0 one worker per core,
+/// `n` that many workers.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if worker_threads > 1 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 /// A stream-level or connection-level failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
