@@ -20,20 +20,26 @@ use criterion::{
 };
 use underpass_proto::{
     decode, encode, BodyKind, Decoded, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead,
-    Message, Scheme, StreamHeader, StreamReply, TcpConnect, TlsVerification,
+    Message, Origin, Scheme, ServiceId, ServiceRef, StreamHeader, StreamReply, TcpConnect,
 };
 
 /// A `connect()` to an IP literal: the smallest and most common TCP header.
 fn tcp_ipv4() -> StreamHeader {
     StreamHeader::Tcp(TcpConnect {
-        target: DialTarget::new(Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50))), 6379),
+        origin: Origin::Dial(DialTarget::new(
+            Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50))),
+            6379,
+        )),
     })
 }
 
 /// A `connect()` to a name the connector resolves inside the private network.
 fn tcp_hostname() -> StreamHeader {
     StreamHeader::Tcp(TcpConnect {
-        target: DialTarget::new(Host::Name("postgres.db.cluster.internal".into()), 5432),
+        origin: Origin::Dial(DialTarget::new(
+            Host::Name("postgres.db.cluster.internal".into()),
+            5432,
+        )),
     })
 }
 
@@ -62,12 +68,10 @@ fn http_request() -> StreamHeader {
             ),
             Header::new("x-request-id", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"),
         ],
-        dial: Some(DialTarget::new(
-            Host::Name("api.internal.example".into()),
-            8443,
-        )),
-        tls: TlsVerification::VerifyFull,
-        ca_pem: None,
+        origin: Origin::Service(ServiceRef {
+            id: ServiceId([0x42; 16]),
+            generation: 1,
+        }),
         body: BodyKind::Empty,
     })
 }

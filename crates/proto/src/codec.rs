@@ -155,7 +155,7 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{BodyKind, Header, HttpRequestHead, Scheme, TcpConnect, TlsVerification};
+    use crate::{BodyKind, Header, HttpRequestHead, Origin, Scheme, TcpConnect};
     use crate::{ControlMessage, DialTarget, Heartbeat, Host, StreamHeader, StreamReply};
 
     /// Encode `message` alone, check it decodes back to itself using every byte, and return
@@ -178,7 +178,10 @@ pub(crate) mod tests {
 
     fn tcp_header() -> StreamHeader {
         StreamHeader::Tcp(TcpConnect {
-            target: DialTarget::new(Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50))), 6379),
+            origin: Origin::Dial(DialTarget::new(
+                Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50))),
+                6379,
+            )),
         })
     }
 
@@ -189,9 +192,7 @@ pub(crate) mod tests {
             authority: "api.internal".into(),
             path: "/upload".into(),
             headers: vec![Header::new("x-big", vec![b'a'; value_len])],
-            dial: None,
-            tls: TlsVerification::VerifyFull,
-            ca_pem: None,
+            origin: Origin::Dial(DialTarget::new(Host::Name("api.internal".into()), 80)),
             body: BodyKind::Streaming,
         })
     }

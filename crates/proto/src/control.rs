@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bounded::MinWireLen;
 use crate::codec::{FrameKind, Message};
+use crate::policy::{ServicePolicy, ServicePolicyCa};
+use crate::stream::ServiceId;
 
 /// The TLS exporter label whose output the registration proof is computed over.
 ///
@@ -34,6 +36,13 @@ pub enum ControlMessage {
     Heartbeat(Heartbeat),
     /// Answer to a [`ControlMessage::Heartbeat`], echoing its sequence number.
     HeartbeatAck(Heartbeat),
+    /// Edge → connector: a service's origin policy (after `RegisterAccepted`, and again
+    /// whenever it changes); its CA bundle follows in [`ControlMessage::ServicePolicyCa`].
+    ServicePolicy(ServicePolicy),
+    /// Edge → connector: the next chunk of a policy's CA bundle.
+    ServicePolicyCa(ServicePolicyCa),
+    /// Edge → connector: the service is gone; streams naming it are refused.
+    ServiceRemoved(ServiceId),
 }
 
 /// A connector's registration on one connection.
@@ -160,8 +169,15 @@ mod tests {
         }
     }
 
+    fn service() -> crate::ServiceRef {
+        crate::ServiceRef {
+            id: ServiceId([4; 16]),
+            generation: 1,
+        }
+    }
+
     /// One message per variant, in declaration order.
-    fn every_variant() -> [ControlMessage; 6] {
+    fn every_variant() -> [ControlMessage; 9] {
         [
             ControlMessage::Register(register()),
             ControlMessage::RegisterAccepted(RegisterAccepted {
@@ -180,6 +196,22 @@ mod tests {
             }),
             ControlMessage::Heartbeat(Heartbeat { seq: 0 }),
             ControlMessage::HeartbeatAck(Heartbeat { seq: 1 << 40 }),
+            ControlMessage::ServicePolicy(ServicePolicy {
+                service: service(),
+                name: "api".into(),
+                host: crate::Host::Name("api.internal".into()),
+                resolvers: vec![],
+                http_port: Some(8080),
+                https_port: None,
+                tcp_port: None,
+                tls: crate::TlsVerification::VerifyFull,
+                ca_pem_len: 3,
+            }),
+            ControlMessage::ServicePolicyCa(ServicePolicyCa {
+                service: service(),
+                chunk: b"PEM".to_vec(),
+            }),
+            ControlMessage::ServiceRemoved(ServiceId([4; 16])),
         ]
     }
 

@@ -48,12 +48,39 @@ pub struct DialTarget {
     pub resolvers: Vec<SocketAddr>,
 }
 
+/// A VPC Service's identifier: stable for the life of the service, the same on every
+/// connection, never reused for another service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceId(pub [u8; 16]);
+
+/// A service and the version of its origin policy a stream was opened against. The policy
+/// itself travels once per connection on the control stream
+/// ([`ControlMessage::ServicePolicy`](crate::ControlMessage::ServicePolicy)); a stream naming a
+/// generation the connector has not received yet waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// The service.
+    pub id: ServiceId,
+    /// The policy generation: grows by at least one whenever the edge changes the policy.
+    pub generation: u64,
+}
+
+/// Where a data stream's origin is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// A VPC Network binding: dial this target (an HTTPS origin is verified in full against
+    /// the connector's trust store).
+    Dial(DialTarget),
+    /// A VPC Service binding: dial the service's host and port from its policy.
+    Service(ServiceRef),
+}
+
 /// A TCP connect: the connector checks the target against its routes, dials, replies
 /// [`StreamReply::TcpAccepted`] and then pipes bytes both ways.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpConnect {
-    /// The destination.
-    pub target: DialTarget,
+    /// The destination: an address (VPC Network) or a TCP service's `tcp_port` on its host.
+    pub origin: Origin,
 }
 
 /// URL scheme of an HTTP exchange: whether the origin speaks TLS.
@@ -118,13 +145,9 @@ pub struct HttpRequestHead {
     /// End-to-end request headers (hop-by-hop headers already removed).
     #[serde(deserialize_with = "crate::bounded::vec")]
     pub headers: Vec<Header>,
-    /// An explicit dial target (VPC Service binding); `None` means dial the authority (VPC
-    /// Network binding).
-    pub dial: Option<DialTarget>,
-    /// Origin certificate verification for [`Scheme::Https`].
-    pub tls: TlsVerification,
-    /// Extra trust anchors (PEM) for verifying the origin, if the service has a CA bundle.
-    pub ca_pem: Option<String>,
+    /// What to dial: an address (VPC Network), or a service whose policy says the host, the
+    /// port by scheme and how to verify its certificate.
+    pub origin: Origin,
     /// How the request body is delimited.
     pub body: BodyKind,
 }
@@ -259,7 +282,14 @@ mod tests {
         [Host::Ip(V4), Host::Ip(V6), Host::Name("db.internal".into())]
     }
 
-    fn request(dial: Option<DialTarget>, body: BodyKind) -> HttpRequestHead {
+    fn service() -> Origin {
+        Origin::Service(ServiceRef {
+            id: ServiceId([7; 16]),
+            generation: 3,
+        })
+    }
+
+    fn request(origin: Origin, body: BodyKind) -> HttpRequestHead {
         HttpRequestHead {
             method: "GET".into(),
             scheme: Scheme::Https,
@@ -270,9 +300,7 @@ mod tests {
                 Header::new("x-obs-text", vec![0xff, 0x80, b'a']),
                 Header::new("x-empty", ""),
             ],
-            dial,
-            tls: TlsVerification::VerifyCa,
-            ca_pem: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+            origin,
             body,
         }
     }
@@ -282,14 +310,17 @@ mod tests {
         for host in hosts() {
             let mut target = DialTarget::new(host, 5432);
             round_trip(&StreamHeader::Tcp(TcpConnect {
-                target: target.clone(),
+                origin: Origin::Dial(target.clone()),
             }));
             target.resolvers = vec![
                 SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53)),
                 SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 5353, 0, 0)),
             ];
-            round_trip(&StreamHeader::Tcp(TcpConnect { target }));
+            round_trip(&StreamHeader::Tcp(TcpConnect {
+                origin: Origin::Dial(target),
+            }));
         }
+        round_trip(&StreamHeader::Tcp(TcpConnect { origin: service() }));
     }
 
     #[test]
@@ -302,7 +333,7 @@ mod tests {
             BodyKind::Upgrade,
         ];
         for body in bodies {
-            round_trip(&StreamHeader::Http(request(None, body)));
+            round_trip(&StreamHeader::Http(request(service(), body)));
         }
         for host in hosts() {
             let dial = DialTarget {
@@ -310,12 +341,13 @@ mod tests {
                 port: 443,
                 resolvers: vec![SocketAddr::new(V4, 53)],
             };
-            round_trip(&StreamHeader::Http(request(Some(dial), BodyKind::Empty)));
+            round_trip(&StreamHeader::Http(request(
+                Origin::Dial(dial),
+                BodyKind::Empty,
+            )));
         }
-        let mut plain = request(None, BodyKind::Streaming);
+        let mut plain = request(service(), BodyKind::Streaming);
         plain.scheme = Scheme::Http;
-        plain.tls = TlsVerification::Disabled;
-        plain.ca_pem = None;
         plain.headers.clear();
         round_trip(&StreamHeader::Http(plain));
     }
@@ -347,10 +379,15 @@ mod tests {
 
     #[test]
     fn enum_tags_follow_declaration_order() {
-        assert_eq!(tag(&StreamHeader::Http(request(None, BodyKind::Empty))), 0);
+        assert_eq!(
+            tag(&StreamHeader::Http(request(service(), BodyKind::Empty))),
+            0
+        );
         let tcp = StreamHeader::Tcp(TcpConnect {
-            target: DialTarget::new(Host::Ip(V4), 1),
+            origin: Origin::Dial(DialTarget::new(Host::Ip(V4), 1)),
         });
+        assert_eq!(tag(&Origin::Dial(DialTarget::new(Host::Ip(V4), 1))), 0);
+        assert_eq!(tag(&service()), 1);
         assert_eq!(tag(&tcp), 1);
         let host_tags: Vec<u8> = hosts().iter().map(tag).collect();
         assert_eq!(host_tags, [0, 0, 1]);
@@ -372,7 +409,7 @@ mod tests {
     #[test]
     fn tcp_connect_header_size() {
         let header = StreamHeader::Tcp(TcpConnect {
-            target: DialTarget::new(Host::Ip(V4), 6379),
+            origin: Origin::Dial(DialTarget::new(Host::Ip(V4), 6379)),
         });
         let frame = round_trip(&header);
         println!(
@@ -382,8 +419,9 @@ mod tests {
         assert_eq!(
             frame[..],
             [
-                1, 2, 0, 0, 0, 10, // version, kind, body length
+                1, 2, 0, 0, 0, 11, // version, kind, body length
                 1,  // StreamHeader::Tcp
+                0,  // Origin::Dial
                 0,  // Host::Ip
                 0,  // IpAddr::V4
                 10, 0, 1, 50, // octets
@@ -391,17 +429,22 @@ mod tests {
                 0,    // no resolvers
             ]
         );
-        assert_eq!(frame.len(), 16);
+        assert_eq!(frame.len(), 17);
         // A port below 128 takes one byte less; IPv6 takes 12 more; a name its length + 1.
         let sizes = [
-            (DialTarget::new(Host::Ip(V4), 80), 15),
-            (DialTarget::new(Host::Ip(V6), 6379), 28),
-            (DialTarget::new(Host::Name("db.internal".into()), 5432), 23),
+            (DialTarget::new(Host::Ip(V4), 80), 16),
+            (DialTarget::new(Host::Ip(V6), 6379), 29),
+            (DialTarget::new(Host::Name("db.internal".into()), 5432), 24),
         ];
         for (target, size) in sizes {
-            let frame = round_trip(&StreamHeader::Tcp(TcpConnect { target }));
+            let frame = round_trip(&StreamHeader::Tcp(TcpConnect {
+                origin: Origin::Dial(target),
+            }));
             assert_eq!(frame.len(), size);
         }
+        // A service stream names the service only: tag, 16-byte id, generation varint.
+        let frame = round_trip(&StreamHeader::Tcp(TcpConnect { origin: service() }));
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + 1 + 1 + 16 + 1);
     }
 
     #[test]

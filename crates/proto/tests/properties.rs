@@ -11,10 +11,10 @@ use proptest::prelude::*;
 
 use underpass_proto::{
     decode, encode, AnnouncedRoute, BodyKind, ConnectorId, ControlMessage, Decoded, DialTarget,
-    Drain, FrameKind, Header, Heartbeat, Host, HttpRequestHead, HttpResponseHead, Message,
+    Drain, FrameKind, Header, Heartbeat, Host, HttpRequestHead, HttpResponseHead, Message, Origin,
     ProxyErrorReply, ProxyStatus, RefuseReason, Register, RegisterAccepted, RegisterRefused,
-    Scheme, StreamHeader, StreamReply, TcpConnect, TlsVerification, TunnelId, FRAME_HEADER_LEN,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Scheme, ServiceId, ServicePolicy, ServicePolicyCa, ServiceRef, StreamHeader, StreamReply,
+    TcpConnect, TlsVerification, TunnelId, FRAME_HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 // ----- strategies: one per type on the wire ---------------------------------------------------
@@ -95,7 +95,47 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
             .prop_map(|(grace_ms, reason)| ControlMessage::Drain(Drain { grace_ms, reason })),
         heartbeat().prop_map(ControlMessage::Heartbeat),
         heartbeat().prop_map(ControlMessage::HeartbeatAck),
+        service_policy().prop_map(ControlMessage::ServicePolicy),
+        (service_ref(), vec(any::<u8>(), 0..64)).prop_map(|(service, chunk)| {
+            ControlMessage::ServicePolicyCa(ServicePolicyCa { service, chunk })
+        }),
+        any::<[u8; 16]>().prop_map(|id| ControlMessage::ServiceRemoved(ServiceId(id))),
     ]
+}
+
+fn service_ref() -> impl Strategy<Value = ServiceRef> {
+    (any::<[u8; 16]>(), any::<u64>()).prop_map(|(id, generation)| ServiceRef {
+        id: ServiceId(id),
+        generation,
+    })
+}
+
+fn service_policy() -> impl Strategy<Value = ServicePolicy> {
+    (
+        (service_ref(), text(), dial_target()),
+        (
+            option::of(any::<u16>()),
+            option::of(any::<u16>()),
+            option::of(any::<u16>()),
+        ),
+        tls_verification(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |((service, name, target), (http_port, https_port, tcp_port), tls, ca_pem_len)| {
+                ServicePolicy {
+                    service,
+                    name,
+                    host: target.host,
+                    resolvers: target.resolvers,
+                    http_port,
+                    https_port,
+                    tcp_port,
+                    tls,
+                    ca_pem_len,
+                }
+            },
+        )
 }
 
 fn host() -> impl Strategy<Value = Host> {
@@ -154,32 +194,33 @@ fn http_request_head() -> impl Strategy<Value = HttpRequestHead> {
     (
         (text(), scheme(), text(), text()),
         vec(header(), 0..8),
-        option::of(dial_target()),
-        tls_verification(),
-        option::of(text()),
+        origin(),
         body_kind(),
     )
         .prop_map(
-            |((method, scheme, authority, path), headers, dial, tls, ca_pem, body)| {
-                HttpRequestHead {
-                    method,
-                    scheme,
-                    authority,
-                    path,
-                    headers,
-                    dial,
-                    tls,
-                    ca_pem,
-                    body,
-                }
+            |((method, scheme, authority, path), headers, origin, body)| HttpRequestHead {
+                method,
+                scheme,
+                authority,
+                path,
+                headers,
+                origin,
+                body,
             },
         )
+}
+
+fn origin() -> impl Strategy<Value = Origin> {
+    prop_oneof![
+        dial_target().prop_map(Origin::Dial),
+        service_ref().prop_map(Origin::Service),
+    ]
 }
 
 fn stream_header() -> impl Strategy<Value = StreamHeader> {
     prop_oneof![
         http_request_head().prop_map(StreamHeader::Http),
-        dial_target().prop_map(|target| StreamHeader::Tcp(TcpConnect { target })),
+        origin().prop_map(|origin| StreamHeader::Tcp(TcpConnect { origin })),
     ]
 }
 

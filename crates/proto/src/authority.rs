@@ -1,4 +1,5 @@
-//! Strict parsing of `host:port` authorities, as a `CONNECT` request carries them.
+//! Strict parsing of `host:port` authorities (as a `CONNECT` request or a token carries them),
+//! of host names, and of DNS resolver addresses: the one parser of each that both programs use.
 //!
 //! - the port is required, decimal, 1-65535;
 //! - an IPv6 address is in brackets (`[::1]:6379`), without a zone;
@@ -8,9 +9,12 @@
 //! - anything else must be a DNS name: labels of 1-63 letters, digits, `-` or `_`, 253
 //!   characters at most, compared in lowercase, one trailing dot allowed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use underpass_proto::Host;
+use crate::stream::Host;
+
+/// The port of a resolver address written without one.
+pub const DNS_PORT: u16 = 53;
 
 /// Longest DNS name (without the trailing dot).
 const MAX_NAME_LEN: usize = 253;
@@ -105,6 +109,27 @@ pub fn parse_hostname(name: &str) -> Option<String> {
     labels_ok.then(|| name.to_ascii_lowercase())
 }
 
+/// A resolver address: `ip:port`, `[v6]:port`, or a bare IP (port [`DNS_PORT`]). Surrounding
+/// whitespace is ignored; names are refused (a resolver must be reachable before DNS works).
+pub fn parse_resolver(text: &str) -> Result<SocketAddr, ResolverAddrError> {
+    let trimmed = text.trim();
+    if let Ok(addr) = trimmed.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(ResolverAddrError(text.to_owned()));
+        }
+        return Ok(addr);
+    }
+    trimmed
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+        .map_err(|_| ResolverAddrError(text.to_owned()))
+}
+
+/// A resolver address that is not `ip`, `ip:port` or `[v6]:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IP address or ip:port")]
+pub struct ResolverAddrError(pub String);
+
 fn parse_port(port: &str) -> Result<u16, AuthorityError> {
     let bad = || AuthorityError::BadPort(port.to_owned());
     if port.is_empty() {
@@ -188,5 +213,32 @@ mod tests {
         }
         let long = format!("{}:80", "a".repeat(64));
         assert!(parse_authority(&long).is_err());
+    }
+
+    #[test]
+    fn resolvers() {
+        let ok: &[(&str, &str)] = &[
+            ("10.0.0.2", "10.0.0.2:53"),
+            (" 10.0.0.2:5353 ", "10.0.0.2:5353"),
+            ("fd00::53", "[fd00::53]:53"),
+            ("[fd00::53]:5353", "[fd00::53]:5353"),
+        ];
+        for (text, addr) in ok {
+            assert_eq!(parse_resolver(text), Ok(addr.parse().unwrap()), "{text}");
+            // literal
+        }
+        for text in [
+            "dns.internal",
+            "10.0.0.2:0",
+            "10.0.0.2:70000",
+            "",
+            "fd00::53:53x",
+        ] {
+            assert_eq!(
+                parse_resolver(text),
+                Err(ResolverAddrError(text.to_owned())),
+                "{text}"
+            );
+        }
     }
 }
