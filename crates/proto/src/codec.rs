@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The protocol version written in every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes before the body: version, kind, length.
 pub const FRAME_HEADER_LEN: usize = 6;
 /// The largest body a frame may carry (64 KiB). Larger frames are refused before any
@@ -273,19 +273,23 @@ pub(crate) mod tests {
     #[test]
     fn frame_header_layout() {
         let frame = frame_bytes(&StreamReply::TcpAccepted);
-        // version 1, kind 3, length 1 (big endian), body = variant index 1.
-        assert_eq!(frame, [1, 3, 0, 0, 0, 1, 1]);
+        // version 2, kind 3, length 1 (big endian), body = variant index 1.
+        assert_eq!(frame, [PROTOCOL_VERSION, 3, 0, 0, 0, 1, 1]);
+        assert_eq!(PROTOCOL_VERSION, 2);
     }
 
     #[test]
     fn wrong_version_is_refused_from_the_first_byte() {
         let mut frame = frame_bytes(&tcp_header());
-        frame[0] = 2;
-        for cut in 1..=frame.len() {
-            assert_eq!(
-                decode::<StreamHeader>(&frame[..cut]),
-                Err(DecodeError::UnsupportedVersion(2))
-            );
+        // Version 1 (before service policies) and a future version 3 are both refused.
+        for version in [1, 3] {
+            frame[0] = version;
+            for cut in 1..=frame.len() {
+                assert_eq!(
+                    decode::<StreamHeader>(&frame[..cut]),
+                    Err(DecodeError::UnsupportedVersion(version))
+                );
+            }
         }
         frame[0] = 0;
         assert_eq!(

@@ -419,7 +419,7 @@ mod tests {
         assert_eq!(
             frame[..],
             [
-                1, 2, 0, 0, 0, 11, // version, kind, body length
+                2, 2, 0, 0, 0, 11, // version, kind, body length
                 1,  // StreamHeader::Tcp
                 0,  // Origin::Dial
                 0,  // Host::Ip
