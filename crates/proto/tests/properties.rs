@@ -12,9 +12,10 @@ use proptest::prelude::*;
 use underpass_proto::{
     decode, encode, AnnouncedRoute, BodyKind, ConnectorId, ControlMessage, Decoded, DialTarget,
     Drain, FrameKind, Header, Heartbeat, Host, HttpRequestHead, HttpResponseHead, Message, Origin,
-    ProxyErrorReply, ProxyStatus, RefuseReason, Register, RegisterAccepted, RegisterRefused,
-    Scheme, ServiceId, ServicePolicy, ServicePolicyCa, ServiceRef, StreamHeader, StreamReply,
-    TcpConnect, TlsVerification, TunnelId, FRAME_HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    PolicyAssembler, ProxyErrorReply, ProxyStatus, RefuseReason, Register, RegisterAccepted,
+    RegisterRefused, Scheme, ServiceId, ServicePolicy, ServicePolicyCa, ServiceRef, StreamHeader,
+    StreamReply, TcpConnect, TlsVerification, TunnelId, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 
 // ----- strategies: one per type on the wire ---------------------------------------------------
@@ -441,6 +442,46 @@ proptest! {
                 FrameKind::Control => decode_anything::<ControlMessage>(&bytes)?,
                 FrameKind::StreamHeader => decode_anything::<StreamHeader>(&bytes)?,
                 FrameKind::StreamReply => decode_anything::<StreamReply>(&bytes)?,
+            }
+        }
+    }
+
+    /// Any sequence of policy messages (small CA lengths, so chunks can complete them) leaves
+    /// the assembler consistent: it never panics, and what it completes is what was announced.
+    #[test]
+    fn policy_assembler_takes_any_sequence(
+        steps in vec(
+            prop_oneof![
+                (service_policy(), 0u32..96).prop_map(|(mut head, len)| {
+                    head.ca_pem_len = len;
+                    ControlMessage::ServicePolicy(head)
+                }),
+                (service_ref(), vec(b'A'..=b'Z', 0..64)).prop_map(|(service, chunk)| {
+                    ControlMessage::ServicePolicyCa(ServicePolicyCa { service, chunk })
+                }),
+            ],
+            0..24,
+        ),
+    ) {
+        let mut assembler = PolicyAssembler::new();
+        let mut announced = None;
+        for step in steps {
+            let result = match step {
+                ControlMessage::ServicePolicy(head) => {
+                    announced = Some((head.service, head.ca_pem_len));
+                    assembler.policy(head)
+                }
+                ControlMessage::ServicePolicyCa(chunk) => assembler.chunk(chunk),
+                _ => unreachable!("only policy messages are generated"),
+            };
+            match result {
+                Ok(Some(policy)) => {
+                    let (service, len) = announced.expect("a policy was announced");
+                    prop_assert_eq!(policy.service, service);
+                    prop_assert_eq!(policy.ca_pem.map_or(0, |pem| pem.len()), len as usize);
+                }
+                Ok(None) => {}
+                Err(_) => assembler = PolicyAssembler::new(),
             }
         }
     }
