@@ -1,5 +1,6 @@
 //! Frames on a stream: write one, read one, keep what follows it.
 
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -124,14 +125,18 @@ impl<R: RecvStream> Buffered<R> {
 }
 
 impl<R: RecvStream> RecvStream for Buffered<R> {
-    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
         if let Some(mut pending) = self.pending.take() {
             if pending.len() > max {
                 self.pending = Some(pending.split_off(max));
             }
-            return Ok(Some(pending));
+            return Poll::Ready(Ok(Some(pending)));
         }
-        self.recv.read_chunk(max).await
+        self.recv.poll_read_chunk(cx, max)
     }
 
     async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, StreamError> {

@@ -4,9 +4,8 @@
 //! direction of the stream; nothing is buffered whole. [`RecvBody`] turns the receiving half
 //! into an [`http_body::Body`]; [`send_body`] pumps any body into the sending half.
 
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -132,37 +131,30 @@ where
     }
 }
 
-type ReadFuture<R> =
-    Pin<Box<dyn Future<Output = (R, Result<Option<Bytes>, StreamError>)> + Send + 'static>>;
-
 /// The rest of a receiving stream as an HTTP body.
 ///
-/// Dropping it before the end stops the stream with [`RESET_CANCELLED`], so the sender learns
-/// at once that nobody reads any more (this is how cancellation travels back).
+/// Each frame is one [`RecvStream::poll_read_chunk`] call: nothing is allocated per chunk.
+/// Dropping the body before the end stops the stream with [`RESET_CANCELLED`], so the sender
+/// learns at once that nobody reads any more (this is how cancellation travels back).
 pub struct RecvBody<R: RecvStream> {
-    state: State<R>,
+    /// `None` once the body is complete or failed.
+    recv: Option<R>,
     remaining: Option<u64>,
-}
-
-enum State<R> {
-    Idle(R),
-    Reading(ReadFuture<R>),
-    Done,
 }
 
 impl<R: RecvStream> RecvBody<R> {
     /// Wrap a stream; `kind` gives the size hint (an exact length is checked on the way).
     pub fn new(recv: R, kind: BodyKind) -> Self {
-        let (state, remaining) = match kind {
-            BodyKind::Empty => (State::Done, Some(0)),
-            BodyKind::Length(len) => (State::Idle(recv), Some(len)),
-            BodyKind::Streaming | BodyKind::Upgrade => (State::Idle(recv), None),
+        let (recv, remaining) = match kind {
+            BodyKind::Empty => (None, Some(0)),
+            BodyKind::Length(len) => (Some(recv), Some(len)),
+            BodyKind::Streaming | BodyKind::Upgrade => (Some(recv), None),
         };
-        RecvBody { state, remaining }
+        RecvBody { recv, remaining }
     }
 }
 
-// The stream is only ever moved (into the boxed read future and back), never pinned in place.
+// The stream is never pinned in place: `poll_frame` only takes `&mut` to it.
 impl<R: RecvStream> Unpin for RecvBody<R> {}
 
 impl<R: RecvStream> Body for RecvBody<R> {
@@ -170,57 +162,49 @@ impl<R: RecvStream> Body for RecvBody<R> {
     type Error = StreamError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        loop {
-            match std::mem::replace(&mut self.state, State::Done) {
-                State::Done => return Poll::Ready(None),
-                State::Idle(mut recv) => {
-                    self.state = State::Reading(Box::pin(async move {
-                        let result = recv.read_chunk(BODY_CHUNK).await;
-                        (recv, result)
-                    }));
+        let this = self.get_mut();
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = ready!(recv.poll_read_chunk(cx, BODY_CHUNK));
+        Poll::Ready(match result {
+            Ok(Some(chunk)) => {
+                if let Some(remaining) = this.remaining.as_mut() {
+                    match remaining.checked_sub(chunk.len() as u64) {
+                        Some(left) => *remaining = left,
+                        None => {
+                            this.recv = None;
+                            return Poll::Ready(Some(Err(StreamError::Closed)));
+                        }
+                    }
                 }
-                State::Reading(mut future) => {
-                    let (recv, result) = match future.as_mut().poll(cx) {
-                        Poll::Pending => {
-                            self.state = State::Reading(future);
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(output) => output,
-                    };
-                    return Poll::Ready(match result {
-                        Ok(Some(chunk)) => {
-                            if let Some(remaining) = self.remaining.as_mut() {
-                                match remaining.checked_sub(chunk.len() as u64) {
-                                    Some(left) => *remaining = left,
-                                    None => return Poll::Ready(Some(Err(StreamError::Closed))),
-                                }
-                            }
-                            // A body of known length is complete at its last byte; the
-                            // stream's end is not waited for.
-                            if self.remaining != Some(0) {
-                                self.state = State::Idle(recv);
-                            }
-                            Some(Ok(Frame::data(chunk)))
-                        }
-                        Ok(None) => {
-                            if self.remaining.is_some_and(|left| left > 0) {
-                                Some(Err(StreamError::Closed))
-                            } else {
-                                None
-                            }
-                        }
-                        Err(err) => Some(Err(err)),
-                    });
+                // A body of known length is complete at its last byte; the stream's end is
+                // not waited for (dropping the half stops what may follow, quietly).
+                if this.remaining == Some(0) {
+                    this.recv = None;
+                }
+                Some(Ok(Frame::data(chunk)))
+            }
+            Ok(None) => {
+                this.recv = None;
+                if this.remaining.is_some_and(|left| left > 0) {
+                    Some(Err(StreamError::Closed))
+                } else {
+                    None
                 }
             }
-        }
+            Err(err) => {
+                this.recv = None;
+                Some(Err(err))
+            }
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
+        self.recv.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -233,10 +217,8 @@ impl<R: RecvStream> Body for RecvBody<R> {
 
 impl<R: RecvStream> Drop for RecvBody<R> {
     fn drop(&mut self) {
-        if let State::Idle(recv) = &mut self.state {
+        if let Some(recv) = &mut self.recv {
             recv.stop(RESET_CANCELLED);
         }
-        // A body dropped mid-read drops its future, and with it the stream: the transport
-        // stops the stream when its receiving half is dropped unfinished.
     }
 }

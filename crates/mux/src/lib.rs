@@ -9,8 +9,10 @@
 //! - [`open`]: the edge side: open a stream for a `connect()` or a `fetch()`;
 //! - [`accept`]: the connector side: accept a stream and read what it asks for.
 //!
-//! Everything here is generic over [`underpass_transport::Connection`], so QUIC and the HTTP/2
-//! fallback carry the same streams.
+//! Everything here is generic over [`underpass_transport::Connection`] and its stream traits,
+//! and knows nothing of the transport under them: the edge and the connector run it on
+//! [`underpass_transport::AnyConnection`]. Body readers poll the stream directly
+//! ([`underpass_transport::RecvStream::poll_read_chunk`]), so a chunk costs no allocation.
 #![forbid(unsafe_code)]
 
 pub mod accept;

@@ -1,32 +1,41 @@
-//! The pipe and HTTP bodies over a real QUIC connection on loopback.
+//! The pipe, frames and HTTP bodies over a real QUIC connection on loopback.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use underpass_mux::http::{send_body, RecvBody};
-use underpass_mux::{pipe_tcp, PipeOutcome};
-use underpass_proto::BodyKind;
-use underpass_transport::quic::{QuicConnection, QuicDialer, QuicListener, QuicSettings, ALPN};
+use underpass_mux::{pipe_tcp, FrameReader, PipeOutcome};
+use underpass_proto::{BodyKind, StreamReply};
+use underpass_transport::quic::{QuicDialer, QuicListener, QuicSettings, ALPN};
 use underpass_transport::tls::{self, DevPki, EdgeVerification};
-use underpass_transport::{Connection, RecvStream, SendStream};
+use underpass_transport::{
+    AnyConnection, AnyDialer, AnyListener, Connection, Dialer, Listener, RecvStream, SendStream,
+    StreamError,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A QUIC connection pair on loopback: (dialer side, listener side).
-async fn quic_pair() -> (QuicConnection, QuicConnection, QuicListener, QuicDialer) {
+/// A QUIC connection pair on loopback, as the transport-neutral types the edge and the
+/// connector use: (dialer side, listener side, and the endpoints to keep alive).
+async fn quic_pair() -> (AnyConnection, AnyConnection, AnyListener, AnyDialer) {
     let pki = DevPki::generate(&["underpass-edge".to_owned()]).unwrap();
     let server =
         tls::server_config(pki.chain_pem.as_bytes(), pki.key_pem.as_bytes(), &[ALPN]).unwrap();
     let settings = QuicSettings::default();
-    let listener =
-        QuicListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(server), &settings).unwrap();
+    let listener = AnyListener::from(
+        QuicListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(server), &settings).unwrap(),
+    );
     let client = tls::client_config(&EdgeVerification::Pin(pki.ca_pin), &[ALPN]).unwrap();
-    let dialer =
-        QuicDialer::new(Arc::new(client), &settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dialer = AnyDialer::from(
+        QuicDialer::new(Arc::new(client), &settings, "127.0.0.1:0".parse().unwrap()).unwrap(),
+    );
     let (client, server) = tokio::join!(
         dialer.connect(listener.local_addr(), "underpass-edge"),
         listener.accept()
@@ -159,4 +168,62 @@ async fn short_body_is_an_error() {
     let (_s_send, s_recv) = server.accept_bi().await.unwrap();
     let result = RecvBody::new(s_recv, BodyKind::Length(10)).collect().await;
     assert!(result.is_err(), "a body shorter than its length must fail");
+}
+
+#[tokio::test]
+async fn bytes_after_the_head_frame_open_the_body() {
+    let (client, server, _l, _d) = quic_pair().await;
+    let (mut send, _recv) = client.open_bi().await.unwrap();
+    // The head frame and the first body bytes travel in one chunk, as they may on the wire.
+    let mut chunk = bytes::BytesMut::new();
+    underpass_proto::encode(&StreamReply::TcpAccepted, &mut chunk).unwrap();
+    chunk.extend_from_slice(b"first ");
+    send.write_chunk(chunk.freeze()).await.unwrap();
+    send.write_chunk(Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+
+    let (_s_send, s_recv) = server.accept_bi().await.unwrap();
+    let mut reader = FrameReader::new(s_recv);
+    let reply: StreamReply = reader.expect().await.unwrap();
+    assert_eq!(reply, StreamReply::TcpAccepted);
+    let body = RecvBody::new(reader.into_body(), BodyKind::Streaming)
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"first second");
+}
+
+#[tokio::test]
+async fn dropping_a_body_mid_read_stops_the_stream() {
+    let (client, server, _l, _d) = quic_pair().await;
+    let (mut send, _recv) = client.open_bi().await.unwrap();
+    send.write_chunk(Bytes::from_static(b"part")).await.unwrap();
+    let (_s_send, s_recv) = server.accept_bi().await.unwrap();
+    let mut body = RecvBody::new(s_recv, BodyKind::Streaming);
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"part");
+    // The next frame is pending (nothing more was sent); the reader gives up while waiting.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+    drop(body);
+    assert_eq!(
+        tokio::time::timeout(LIMIT, send.stopped())
+            .await
+            .unwrap()
+            .unwrap(),
+        Some(underpass_proto::RESET_CANCELLED)
+    );
+    let outcome = loop {
+        match send.write_chunk(Bytes::from_static(b"more")).await {
+            Ok(()) => continue,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(
+        outcome,
+        StreamError::Stopped(underpass_proto::RESET_CANCELLED)
+    );
 }

@@ -1,44 +1,51 @@
-//! Transports between connector and edge, behind one trait.
+//! Transports between connector and edge, behind one set of traits.
 //!
 //! A transport gives a [`Connection`] that opens and accepts bidirectional streams, each split
-//! into a [`SendStream`] and a [`RecvStream`] that move [`Bytes`] chunks without copying. QUIC
-//! ([`quic`]) is the primary transport; an HTTP/2-over-TLS fallback implements the same traits
-//! so the multiplexer above does not care which one it runs on.
+//! into a [`SendStream`] and a [`RecvStream`] that move [`Bytes`] chunks without copying. The
+//! edge takes connections from a [`Listener`], the connector makes them with a [`Dialer`].
+//!
+//! QUIC ([`quic`], on quinn and rustls) is the one transport today. The code above this crate
+//! names only the traits and the [`AnyConnection`] family of enums ([`any`]): each has one
+//! variant, `Quic`, and exists so that a second transport is one more variant here rather than
+//! a new type parameter threaded through the edge and the connector. The enums delegate with a
+//! `match`, never through a box or a vtable, so the hot path costs what QUIC alone costs.
+//!
+//! [`tls`] builds the rustls configurations both ends use, and a development PKI.
 //!
 //! # Cancel safety
 //!
-//! - [`RecvStream::read_chunk`], [`RecvStream::read_chunks`] and [`Connection::accept_bi`] are
-//!   cancel-safe: dropping the
-//!   future loses no data, the next call returns what the dropped one would have.
+//! Dropping a future before it completes must leave the stream or connection usable (or, where
+//! that cannot be, in a state the caller can reason about):
+//!
+//! - [`RecvStream::poll_read_chunk`] and the futures built on it
+//!   ([`read_chunk`](RecvStream::read_chunk), [`read_chunks`](RecvStream::read_chunks)) are
+//!   cancel-safe: a read that returned `Pending` has consumed nothing, and the next call
+//!   returns what the dropped one would have.
+//! - [`Connection::accept_bi`] and [`Listener::accept`] are cancel-safe: a stream or a
+//!   connection that arrives while nobody waits is kept for the next call.
 //! - [`SendStream::write_chunk`] is **not** cancel-safe: if its future is dropped, part of the
 //!   chunk may have been sent. Callers that race a write against something else must reset the
 //!   stream when they abandon the write.
 //! - [`Connection::open_bi`] may be cancelled; a stream that was opened but not returned is
 //!   reset by its drop.
+//! - [`Dialer::connect`] may be cancelled; the half-made connection is abandoned (its
+//!   handshake stops and no connection is left behind).
+//! - [`Listener::close`] and [`Dialer::close`] take effect at once;
+//!   [`wait_idle`](Listener::wait_idle) only waits (for the peers to learn of the close) and
+//!   may be dropped, for instance when a time limit runs out.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
+pub mod any;
 pub mod quic;
 pub mod tls;
 
-/// The tokio runtime for a binary that runs a tunnel end: `worker_threads` 1 gives a
-/// single-threaded runtime (the default of both binaries: one QUIC connection is processed
-/// serially anyway, so more workers mostly add cross-thread wake-ups), 0 one worker per core,
-/// `n` that many workers.
-pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if worker_threads > 1 {
-        builder.worker_threads(worker_threads);
-    }
-    builder.enable_all().build()
-}
+pub use any::{AnyConnection, AnyDialer, AnyListener, AnyRecv, AnySend, Protocol};
 
 /// A stream-level or connection-level failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +62,30 @@ pub enum StreamError {
     /// The connection carrying the stream is gone.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
+}
+
+/// Why an endpoint or a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The socket could not be created, configured or bound.
+    #[error("cannot bind UDP socket: {0}")]
+    Bind(std::io::Error),
+    /// The transport could not start an endpoint on the socket.
+    #[error("cannot start QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// The settings are inconsistent or out of range; the message names the setting.
+    #[error("invalid QUIC settings: {0}")]
+    Settings(String),
+    /// The connection attempt could not even start (bad server name, endpoint closed, ...).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The handshake failed (certificate refused, ALPN mismatch, timeout, refused by a busy
+    /// listener, ...).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The sending half of a bidirectional stream.
@@ -78,12 +109,24 @@ pub trait SendStream: Send + 'static {
 
 /// The receiving half of a bidirectional stream.
 pub trait RecvStream: Send + 'static {
+    /// Poll for the next chunk of at most `max` bytes: `Ready(Ok(None))` at end of stream (the
+    /// peer finished). On `Pending` nothing was consumed and the task is woken when data,
+    /// the end or an error arrives. This is what body adapters call from their own `poll`
+    /// functions, with no future to store between calls.
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>>;
+
     /// Read the next chunk of at most `max` bytes; `Ok(None)` at end of stream (the peer
     /// finished). Cancel-safe.
     fn read_chunk(
         &mut self,
         max: usize,
-    ) -> impl Future<Output = Result<Option<Bytes>, StreamError>> + Send;
+    ) -> impl Future<Output = Result<Option<Bytes>, StreamError>> + Send {
+        std::future::poll_fn(move |cx| self.poll_read_chunk(cx, max))
+    }
 
     /// Fill `bufs` with the chunks that are ready, waiting only for the first; returns how
     /// many were filled (at least one), `Ok(None)` at end of stream. Lets a reader write many
@@ -142,4 +185,49 @@ pub trait Connection: Clone + Send + Sync + 'static {
 
     /// The peer's address.
     fn remote_address(&self) -> SocketAddr;
+}
+
+/// Where the edge takes connections from connectors.
+///
+/// A listener is shared by reference (the accept loop and the shutdown path both hold it), so
+/// every method takes `&self`.
+pub trait Listener: Send + Sync + 'static {
+    /// The connections it gives.
+    type Conn: Connection;
+
+    /// The next connection whose handshake completed; `None` once the listener is closed.
+    /// Failed handshakes are logged and skipped. Cancel-safe.
+    fn accept(&self) -> impl Future<Output = Option<Self::Conn>> + Send;
+
+    /// The address the listener is bound to (with the real port when bound to port 0).
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Stop at once: no new connections, handshakes in progress end, every connection is
+    /// closed, and [`accept`](Listener::accept) returns `None`.
+    fn close(&self);
+
+    /// After [`close`](Listener::close): resolves once the listener's tasks have ended and
+    /// every connection has been shut down cleanly, so the peers learned of it.
+    fn wait_idle(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// How the connector makes connections to edges.
+pub trait Dialer: Send + Sync + 'static {
+    /// The connections it makes.
+    type Conn: Connection;
+
+    /// Dial `edge`, verify its certificate for `server_name`, and complete the handshake.
+    /// Cancel-safe in the sense of the crate docs: a dropped attempt leaves nothing behind.
+    fn connect(
+        &self,
+        edge: SocketAddr,
+        server_name: &str,
+    ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send;
+
+    /// Close every connection of this dialer at once.
+    fn close(&self);
+
+    /// After [`close`](Dialer::close): resolves once every connection has been shut down
+    /// cleanly.
+    fn wait_idle(&self) -> impl Future<Output = ()> + Send;
 }

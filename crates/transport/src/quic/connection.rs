@@ -1,6 +1,9 @@
 //! [`QuicConnection`] and its stream halves, implementing the crate's transport traits on quinn.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -168,6 +171,25 @@ impl QuicRecv {
 }
 
 impl RecvStream for QuicRecv {
+    #[inline]
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        // quinn keeps its `poll_read_chunk` private, so poll a fresh `read_chunk` future once
+        // and drop it. That is sound: the future holds nothing but `&mut` to the stream and
+        // the arguments (no partial read, no buffered chunk), and a `Pending` poll has
+        // registered `cx`'s waker in the connection state for this stream (replacing any
+        // earlier one), where it stays after the future is dropped and is woken when data,
+        // the end or a reset arrives. Dropping a pending `read_chunk` is what quinn documents
+        // as cancel-safe.
+        let read = pin!(self.inner.read_chunk(max, true));
+        read.poll(cx)
+            .map_ok(|chunk| chunk.map(|c| c.bytes))
+            .map_err(read_error)
+    }
+
     async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
         self.inner
             .read_chunk(max, true)
