@@ -1,23 +1,18 @@
 //! The `underpass` command line.
 //!
-//! Exit status: 0 on success, 64 (`EX_USAGE`) for a bad command line or configuration, 1 when
-//! the connector fails at run time.
+//! Exit status: 0 on success, 64 ([`EX_USAGE`]) for a bad command line or configuration, 1
+//! ([`EX_FAILURE`]) when the connector fails at run time; the same as the edge's.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::error;
-use tracing_subscriber::EnvFilter;
+use underpass_rt::{init_tracing, runtime, terminate_signal, EX_FAILURE, EX_USAGE};
 use underpass_transport::tls::EdgeVerification;
 
 use crate::config::{ConnectorConfig, Overrides, TOKEN_ENV};
-
-/// Exit status for a bad command line or configuration (sysexits.h `EX_USAGE`).
-pub const EX_USAGE: u8 = 64;
-/// Exit status for a failure at run time.
-pub const EX_FAILURE: u8 = 1;
+use crate::supervisor;
 
 /// Underpass connector: dials out to the edge and serves binding traffic to private services.
 #[derive(Debug, Parser)]
@@ -92,22 +87,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging();
+    init_tracing("info");
     match cli.command {
         Command::CheckConfig(args) => check_config(args),
         Command::Run(args) => run(args),
     }
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Fails only if a subscriber is already installed, which is then used instead.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // No colour codes in journald or log files.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 fn overrides(token: TokenArgs, routes: Vec<String>) -> Overrides {
@@ -148,42 +132,18 @@ fn run(args: RunArgs) -> ExitCode {
     if args.dangerous_accept_any_edge_certificate {
         config.edge.verification = EdgeVerification::DangerousNoVerify;
     }
-    let runtime = match underpass_transport::runtime(config.worker_threads) {
+    let runtime = match runtime(config.worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(EX_FAILURE);
         }
     };
-    match runtime.block_on(crate::agent::run(config, shutdown_signal())) {
+    match runtime.block_on(supervisor::run(config, terminate_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "connector failed");
             ExitCode::from(EX_FAILURE)
         }
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the connector");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -138,6 +138,8 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     /// Waiting for an origin's response head once the request is sent.
     pub response_header: Duration,
+    /// How long an idle keep-alive origin connection is kept for reuse.
+    pub origin_idle: Duration,
     /// Offer HTTP/2 to HTTPS origins by ALPN (`timeouts.origin_http2`; HTTP/1.1 otherwise).
     pub origin_http2: bool,
 }
@@ -223,6 +225,8 @@ pub const DEFAULT_DRAIN_MS: u64 = 30_000;
 pub const DEFAULT_TLS_HANDSHAKE_MS: u64 = 10_000;
 /// Default `timeouts.response_header_ms`.
 pub const DEFAULT_RESPONSE_HEADER_MS: u64 = 60_000;
+/// Default `timeouts.origin_idle_ms`.
+pub const DEFAULT_ORIGIN_IDLE_MS: u64 = 90_000;
 /// Default `dns.timeout_ms`.
 pub const DEFAULT_DNS_TIMEOUT_MS: u64 = 5_000;
 /// Default `reconnect.initial_ms`.
@@ -412,6 +416,24 @@ impl ConnectorConfigBuilder {
     /// `timeouts.drain_ms`.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.file.timeouts.drain_ms = Some(millis(timeout));
+        self
+    }
+
+    /// `timeouts.response_header_ms`.
+    pub fn response_header_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.response_header_ms = Some(millis(timeout));
+        self
+    }
+
+    /// `timeouts.origin_idle_ms`.
+    pub fn origin_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.origin_idle_ms = Some(millis(timeout));
+        self
+    }
+
+    /// `timeouts.origin_http2`.
+    pub fn origin_http2(mut self, enabled: bool) -> Self {
+        self.file.timeouts.origin_http2 = Some(enabled);
         self
     }
 

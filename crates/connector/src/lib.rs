@@ -2,9 +2,18 @@
 //! its tunnel, and serves the streams the edge opens by checking each destination against its
 //! own route table, resolving names inside the private network and dialing the private service.
 //!
-//! - [`config`]: the TOML configuration, validated once before anything is dialed;
+//! Modules, top to bottom (each uses only those below it):
+//!
+//! - `supervisor`: the connection slots ([`Connector`], [`ConnectorHandle`]): backoff,
+//!   connection states, one tracing span per attempt;
+//! - `session`: one connection: registration, the control loop (heartbeats, drain, service
+//!   policies), drain and close;
+//! - `streams`: the data streams of a connection: dispatch, the stream limit, `connect()` and
+//!   `fetch()`;
+//! - `policy`: the service policies a connection received, waited for by its streams;
+//! - `origin`: the HTTP client towards origins (pool, TLS, upgrades);
 //! - [`dial`]: route check, resolution ([`resolve`]), deny-list re-check, Happy Eyeballs;
-//! - [`agent`]: the connection supervisor ([`Connector`], [`ConnectorHandle`]);
+//! - [`config`]: the TOML configuration, validated once before anything is dialed;
 //! - [`cli`]: the `underpass` command line.
 //!
 //! Embedding or testing:
@@ -28,18 +37,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod agent;
 mod backoff;
 pub mod cli;
 pub mod config;
 pub mod dial;
-mod http;
-pub mod origin;
+mod origin;
+mod policy;
 pub mod resolve;
 mod session;
-mod stream;
+mod streams;
+mod supervisor;
 
-pub use agent::{run, ConnectionState, Connector, ConnectorError, ConnectorHandle, WaitError};
 pub use config::{ConfigError, ConnectorConfig, ConnectorConfigBuilder, Overrides};
 pub use dial::Dialer;
-pub use session::{CLOSE_CONTROL_LOST, CLOSE_NORMAL, CLOSE_PROTOCOL};
+pub use supervisor::{run, ConnectionState, Connector, ConnectorError, ConnectorHandle, WaitError};

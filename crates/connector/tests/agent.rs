@@ -1,161 +1,43 @@
 //! The connector against a minimal in-process edge made of the real transport and mux layers
 //! (QUIC on loopback, real registration proof): registration and refusal, retry, TCP streams
-//! with half-close, stream errors, the stream limit, heartbeats, drain and shutdown.
+//! with half-close, stream errors, the stream limit, heartbeats, service policies, drain and
+//! shutdown.
 //!
 //! The full edge binary is exercised by the workspace's end-to-end tests; this edge does only
 //! what each test needs, so the connector's side of the protocol is pinned down here.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use underpass_connector::{ConnectionState, Connector, ConnectorConfig, ConnectorHandle};
-use underpass_mux::{open_tcp, registration_proof, ControlChannel, OpenError};
+use underpass_mux::{open_tcp, OpenError};
 use underpass_proto::{
-    ControlMessage, DialTarget, Drain, Heartbeat, Host, ProxyStatus, RefuseReason, Register,
-    RegisterAccepted, RegisterRefused, TcpConnect, TunnelId, TunnelSecret, TunnelToken,
+    CloseCode, ControlMessage, DialTarget, Drain, Heartbeat, Host, Origin, ProxyStatus,
+    RefuseReason, RegisterRefused, ServiceId, ServicePolicyCa, ServiceRef, TcpConnect,
+    TunnelSecret,
 };
-use underpass_transport::quic::{
-    QuicConnection, QuicListener, QuicRecv, QuicSend, QuicSettings, ALPN,
-};
-use underpass_transport::tls::{server_config, DevPki};
-use underpass_transport::{Connection, RecvStream, SendStream};
+use underpass_transport::tls::DevPki;
+use underpass_transport::{Connection, SendStream};
 
-/// Guards against hangs only; no test depends on a timing.
-const GUARD: Duration = Duration::from_secs(30);
-const EDGE_NAME: &str = "edge.underpass.test";
-
-type Control = ControlChannel<QuicSend, QuicRecv>;
-
-/// A minimal edge: accepts connections and hands each registration to the test.
-struct TestEdge {
-    listener: QuicListener,
-    pki: DevPki,
-    tunnel_id: TunnelId,
-    secret: TunnelSecret,
-}
-
-/// One connection from the connector, after its `Register` was read and checked.
-struct Registration {
-    conn: QuicConnection,
-    control: Control,
-    register: Register,
-    /// Whether the proof matched the edge's secret for this TLS session.
-    proof_ok: bool,
-}
-
-impl TestEdge {
-    fn start() -> TestEdge {
-        init_tracing();
-        let pki = DevPki::generate(&[EDGE_NAME.to_owned()]).unwrap();
-        let tls = server_config(pki.chain_pem.as_bytes(), pki.key_pem.as_bytes(), &[ALPN]).unwrap();
-        let listener = QuicListener::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::new(tls),
-            &QuicSettings::default(),
-        )
-        .unwrap();
-        TestEdge {
-            listener,
-            pki,
-            tunnel_id: TunnelId(rand_bytes()),
-            secret: TunnelSecret([0x42; 32]),
-        }
-    }
-
-    fn token(&self) -> TunnelToken {
-        TunnelToken {
-            tunnel_id: self.tunnel_id,
-            secret: self.secret.clone(),
-            edges: vec![self.listener.local_addr().to_string()],
-            server_name: EDGE_NAME.into(),
-            ca_pin: self.pki.ca_pin,
-        }
-    }
-
-    /// A connector config for this edge: fast reconnects, 127.40.0.0/16 routed.
-    fn config(&self) -> underpass_connector::ConnectorConfigBuilder {
-        ConnectorConfig::builder(self.token())
-            .route("127.40.0.0/16")
-            .deny(&["127.40.66.0/24"])
-            .resolvers(&["127.0.0.1:9".parse().unwrap()])
-            .reconnect(Duration::from_millis(10), Duration::from_millis(50))
-    }
-
-    async fn next_registration(&self) -> anyhow::Result<Registration> {
-        let conn = self.listener.accept().await.context("listener closed")?;
-        let mut control = ControlChannel::accept(&conn).await?;
-        let register = match control.recv().await? {
-            Some(ControlMessage::Register(register)) => register,
-            other => bail!("expected Register, got {other:?}"),
-        };
-        let expected = registration_proof(&conn, &self.tunnel_id, &self.secret)?;
-        Ok(Registration {
-            proof_ok: register.tunnel_id == self.tunnel_id && register.proof == expected,
-            conn,
-            control,
-            register,
-        })
-    }
-
-    /// Accept the next registration (which must carry a valid proof).
-    async fn accept(&self, connection_id: u64, heartbeat_ms: u32) -> anyhow::Result<Registration> {
-        let mut registration = self.next_registration().await?;
-        anyhow::ensure!(registration.proof_ok, "bad proof from the connector");
-        let accepted = RegisterAccepted {
-            connection_id,
-            edge_name: "test-edge".into(),
-            heartbeat_interval_ms: heartbeat_ms,
-        };
-        registration
-            .control
-            .send(&ControlMessage::RegisterAccepted(accepted))
-            .await?;
-        Ok(registration)
-    }
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "underpass_connector=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = (std::process::id() as u8).wrapping_add(i as u8);
-    }
-    bytes
-}
+use support::edge::{http_service, tcp_service, TestEdge, EDGE_NAME};
+use support::{guarded, read_to_end, GUARD};
 
 fn connect_to(addr: SocketAddr) -> TcpConnect {
     TcpConnect {
-        target: DialTarget::from(addr),
+        origin: Origin::Dial(DialTarget::from(addr)),
     }
 }
 
-async fn guarded<T>(test: impl std::future::Future<Output = anyhow::Result<T>>) -> T {
-    tokio::time::timeout(GUARD, test)
-        .await
-        .expect("test hung")
-        .expect("test failed")
-}
-
-async fn read_to_end(recv: &mut impl RecvStream) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(chunk) = recv.read_chunk(64 * 1024).await? {
-        out.extend_from_slice(&chunk);
+fn connect_service(service: ServiceRef) -> TcpConnect {
+    TcpConnect {
+        origin: Origin::Service(service),
     }
-    Ok(out)
 }
 
 /// An origin that reads until EOF, then answers `+PONG\r\n` if it read `PING\r\n`, and closes.
@@ -250,13 +132,13 @@ async fn stream_errors_carry_their_proxy_status() {
             ),
             (
                 TcpConnect {
-                    target: DialTarget::new(Host::Name("nowhere.test".into()), 80),
+                    origin: Origin::Dial(DialTarget::new(Host::Name("nowhere.test".into()), 80)),
                 },
                 ProxyStatus::DestinationNotFound,
             ),
         ];
         for (connect, want) in cases {
-            let target = connect.target.to_string();
+            let target = format!("{:?}", connect.origin);
             match open_tcp(&registration.conn, connect, GUARD).await {
                 Err(OpenError::Refused(reply)) => {
                     assert_eq!(reply.status, want, "{target}: {}", reply.details)
@@ -324,7 +206,7 @@ async fn a_wrong_secret_is_refused_and_retried_with_backoff() {
         token.secret = TunnelSecret([0x13; 32]);
         let handle = Connector::start(
             ConnectorConfig::builder(token)
-                .resolvers(&["127.0.0.1:9".parse().unwrap()])
+                .resolvers(&["127.0.0.1:9".parse()?])
                 .reconnect(Duration::from_millis(10), Duration::from_millis(50))
                 .build()?,
         )?;
@@ -365,7 +247,7 @@ async fn a_connector_pinned_to_another_ca_refuses_the_edge() {
         token.ca_pin = other.ca_pin;
         let handle = Connector::start(
             ConnectorConfig::builder(token)
-                .resolvers(&["127.0.0.1:9".parse().unwrap()])
+                .resolvers(&["127.0.0.1:9".parse()?])
                 .build()?,
         )?;
         let state = wait_state(&handle, |s| matches!(s, ConnectionState::Failed { .. })).await;
@@ -492,7 +374,7 @@ async fn shutdown_sends_drain_and_closes_after_the_grace_period() {
         let origin = TcpListener::bind("127.40.0.5:0").await?;
         let (_send, _recv) =
             open_tcp(&registration.conn, connect_to(origin.local_addr()?), GUARD).await?;
-        let (_origin_socket, _) = origin.accept().await?;
+        let (mut origin_socket, _) = origin.accept().await?;
 
         let shutdown = tokio::spawn(handle.shutdown());
         match registration.control.recv().await? {
@@ -501,9 +383,18 @@ async fn shutdown_sends_drain_and_closes_after_the_grace_period() {
         }
         shutdown.await??;
         let closed = registration.conn.closed().await;
+        let code = format!("(code {})", CloseCode::Shutdown.code());
         assert!(
-            closed.to_string().contains("connector shutting down"),
+            closed.to_string().contains("connector shutting down")
+                && closed.to_string().contains(&code),
             "{closed}"
+        );
+        // The stream's task had ended when shutdown returned: its origin socket is closed.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(GUARD, origin_socket.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the origin socket is still open after shutdown"
         );
         Ok(())
     })
@@ -526,6 +417,187 @@ async fn several_connections_register_with_their_own_index() {
         assert_eq!(indexes, [0, 1, 2]);
         handle.wait_all_registered(GUARD).await?;
         handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A stream may arrive before the policy it names (they travel on different QUIC streams): it
+/// waits for that generation, then dials what that generation says, not an older one.
+#[tokio::test]
+async fn a_stream_waits_for_the_policy_generation_it_names() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        let mut registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let stale = TcpListener::bind("127.40.0.6:0").await?;
+        registration
+            .send_policy(&tcp_service(3, 1, stale.local_addr()?))
+            .await?;
+        let (origin, served) = redis_like_origin([127, 40, 0, 7]).await;
+
+        let wanted = ServiceRef {
+            id: ServiceId([3; 16]),
+            generation: 2,
+        };
+        let conn = registration.conn.clone();
+        let mut open =
+            tokio::spawn(async move { open_tcp(&conn, connect_service(wanted), GUARD).await });
+        // Evidence that it waits (this cannot fail on a slow machine, only pass wrongly).
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut open).await;
+        assert!(early.is_err(), "answered before its policy generation came");
+        registration.send_policy(&tcp_service(3, 2, origin)).await?;
+        let (mut send, mut recv) = open.await??;
+        send.write_chunk(Bytes::from_static(b"PING\r\n")).await?;
+        send.finish()?;
+        assert_eq!(read_to_end(&mut recv).await?, b"+PONG\r\n");
+        assert_eq!(served.await?, b"PING\r\n");
+        // Generation 1's target was never dialed.
+        let dialed_stale = tokio::time::timeout(Duration::ZERO, stale.accept()).await;
+        assert!(dialed_stale.is_err(), "the stale generation was dialed");
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_policy_never_comes_is_destination_unavailable() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let config = edge
+            .config()
+            .header_timeout(Duration::from_millis(300))
+            .build()?;
+        let handle = Connector::start(config)?;
+        let registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let unknown = ServiceRef {
+            id: ServiceId([0xee; 16]),
+            generation: 1,
+        };
+        match open_tcp(&registration.conn, connect_service(unknown), GUARD).await {
+            Err(OpenError::Refused(reply)) => {
+                assert_eq!(reply.status, ProxyStatus::DestinationUnavailable);
+                assert!(
+                    reply.details.contains(&hex::encode([0xee; 16])),
+                    "{}",
+                    reply.details
+                );
+            }
+            Err(e) => bail!("{e}"),
+            Ok(_) => bail!("a stream with no policy was accepted"),
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// `connect()` to an HTTP service is refused as the edge refuses it; the connector's routes
+/// still apply to a service's target.
+#[tokio::test]
+async fn service_targets_obey_kind_and_routes() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        let mut registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let http = http_service(4, 1, "127.40.0.8:80".parse()?);
+        let outside = tcp_service(5, 1, "127.41.0.1:6379".parse()?);
+        registration.send_policy(&http).await?;
+        registration.send_policy(&outside).await?;
+        let cases = [
+            (http.service, ProxyStatus::HttpRequestDenied),
+            (outside.service, ProxyStatus::DestinationIpProhibited),
+        ];
+        for (service, want) in cases {
+            match open_tcp(&registration.conn, connect_service(service), GUARD).await {
+                Err(OpenError::Refused(reply)) => {
+                    assert_eq!(reply.status, want, "{}", reply.details)
+                }
+                Err(e) => bail!("{e}"),
+                Ok(_) => bail!("{service:?} accepted"),
+            }
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A policy that does not assemble (a CA chunk with no policy before it) is the edge breaking
+/// the protocol: the connection is closed with the protocol-error code, and the slot
+/// reconnects.
+#[tokio::test]
+async fn a_bad_service_policy_closes_the_connection_as_a_protocol_error() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let handle = Connector::start(edge.config().build()?)?;
+        let mut first = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let chunk = ServicePolicyCa {
+            service: ServiceRef {
+                id: ServiceId([6; 16]),
+                generation: 1,
+            },
+            chunk: b"-----BEGIN CERTIFICATE-----".to_vec(),
+        };
+        first
+            .control
+            .send(&ControlMessage::ServicePolicyCa(chunk))
+            .await?;
+        let closed = first.conn.closed().await.to_string();
+        let code = format!("(code {})", CloseCode::Protocol.code());
+        assert!(
+            closed.contains(&code) && closed.contains("service policy"),
+            "{closed}"
+        );
+        let _second = edge.accept(2, 0).await?;
+        wait_state(&handle, |s| {
+            matches!(
+                s,
+                ConnectionState::Registered {
+                    connection_id: 2,
+                    ..
+                }
+            )
+        })
+        .await;
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Shutdown lets an open stream finish within the grace, then returns without waiting the
+/// grace out.
+#[tokio::test]
+async fn shutdown_lets_open_streams_finish_then_returns() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let config = edge.config().drain_timeout(GUARD * 10).build()?;
+        let handle = Connector::start(config)?;
+        let mut registration = edge.accept(1, 0).await?;
+        handle.wait_registered(GUARD).await?;
+        let (origin, served) = redis_like_origin([127, 40, 0, 10]).await;
+        let (mut send, mut recv) = open_tcp(&registration.conn, connect_to(origin), GUARD).await?;
+
+        let shutdown = tokio::spawn(handle.shutdown());
+        match registration.control.recv().await? {
+            Some(ControlMessage::Drain(_)) => {}
+            other => bail!("expected Drain, got {other:?}"),
+        }
+        // Draining: the stream still works, half-close included.
+        send.write_chunk(Bytes::from_static(b"PING\r\n")).await?;
+        send.finish()?;
+        assert_eq!(read_to_end(&mut recv).await?, b"+PONG\r\n");
+        assert_eq!(served.await?, b"PING\r\n");
+        // With its last stream done, the connector stops (GUARD is far below the grace).
+        shutdown.await??;
+        let closed = registration.conn.closed().await.to_string();
+        assert!(closed.contains("connector shutting down"), "{closed}");
         Ok(())
     })
     .await;

@@ -132,6 +132,12 @@ fn usage_errors_exit_64_and_help_exits_0() {
         Some(EX_USAGE)
     );
     assert_eq!(underpass(&[], None).status.code(), Some(EX_USAGE));
+    // A bad flag, on `run` and on `check-config`, with its name in the message.
+    let out = underpass(&["run", "--no-such-flag"], None);
+    assert_eq!(out.status.code(), Some(EX_USAGE));
+    assert!(text(&out.stderr).contains("--no-such-flag"));
+    let out = underpass(&["check-config", "x.toml", "--bogus"], None);
+    assert_eq!(out.status.code(), Some(EX_USAGE));
     assert_eq!(
         underpass(&["run", "--token", "a", "--token-file", "b"], None)
             .status

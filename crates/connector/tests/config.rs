@@ -70,6 +70,7 @@ connect_ms = 750
 header_ms = 2000
 register_ms = 3000
 drain_ms = 0
+origin_idle_ms = 4000
 
 [quic]
 keep_alive_ms = 5000
@@ -120,6 +121,7 @@ worker_threads = 1
     assert_eq!(config.timeouts.header, Duration::from_secs(2));
     assert_eq!(config.timeouts.register, Duration::from_secs(3));
     assert_eq!(config.timeouts.drain, Duration::ZERO);
+    assert_eq!(config.timeouts.origin_idle, Duration::from_secs(4));
     assert_eq!(config.quic.keep_alive, Duration::from_secs(5));
     assert_eq!(config.quic.idle_timeout, Duration::from_secs(40));
     assert_eq!(config.quic.stream_receive_window, 1 << 20);
@@ -433,6 +435,9 @@ fn builder_validates_like_the_file() {
         .header_timeout(Duration::from_millis(400))
         .dns_timeout(Duration::from_millis(500))
         .drain_timeout(Duration::from_millis(600))
+        .response_header_timeout(Duration::from_millis(700))
+        .origin_idle_timeout(Duration::from_millis(800))
+        .origin_http2(true)
         .reconnect(Duration::from_millis(10), Duration::from_millis(20))
         .connections(2)
         .build()
@@ -443,12 +448,85 @@ fn builder_validates_like_the_file() {
     assert_eq!(config.deny.len(), 1);
     assert_eq!(config.dns.timeout, Duration::from_millis(500));
     assert_eq!(config.timeouts.drain, Duration::from_millis(600));
+    assert_eq!(config.timeouts.response_header, Duration::from_millis(700));
+    assert_eq!(config.timeouts.origin_idle, Duration::from_millis(800));
+    assert!(config.timeouts.origin_http2);
     assert_eq!(config.connections, 2);
     error_naming(
         ConnectorConfig::builder(token(1))
             .route("10.0.0.0/99")
             .build(),
         "route[0].destination",
+    );
+}
+
+/// A token that names no edge, or a builder given none, is refused when the configuration is
+/// built, naming the key that fixes it (no division by zero when the first slot starts).
+#[test]
+fn a_token_or_builder_with_no_edge_is_refused_naming_edge_addresses() {
+    let mut edgeless = token(1);
+    edgeless.edges.clear();
+    let message = error_naming(
+        ConnectorConfig::builder(edgeless.clone()).build(),
+        "edge.addresses",
+    );
+    assert!(message.contains("token names no edge"), "{message}");
+    // Decoding refuses such a token already (proto), naming the key it came from.
+    let text = format!("token = \"{}\"\n", edgeless.encode());
+    let message = error_naming(parse(&text), "token");
+    assert!(message.contains("no edge address"), "{message}");
+    error_naming(
+        ConnectorConfig::builder(token(1))
+            .edge_addresses(&[])
+            .build(),
+        "edge.addresses",
+    );
+    // `edge.addresses` fixes it.
+    let config = ConnectorConfig::builder(edgeless)
+        .edge_addresses(&["127.0.0.1:7844".into()])
+        .build()
+        .expect("addresses given");
+    assert_eq!(config.edge.addresses, ["127.0.0.1:7844"]);
+    // A configuration emptied after it was built is refused by the connector, not divided by.
+    let mut emptied = config;
+    emptied.edge.addresses.clear();
+    let error = underpass_connector::Connector::new(emptied)
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("edge.addresses"), "{error}");
+}
+
+#[test]
+fn quic_bounds_are_the_transports() {
+    let message = error_naming(
+        parse(&with_token(
+            "[quic]
+send_window = 0",
+        )),
+        "quic.send_window",
+    );
+    assert!(message.contains("above zero"), "{message}");
+    error_naming(
+        parse(&with_token(
+            "[quic]
+keep_alive_ms = 60000
+idle_timeout_ms = 30000",
+        )),
+        "quic.keep_alive_ms (60000) must be below quic.idle_timeout_ms (30000)",
+    );
+    // The edge's key is accepted (and unused: the connector only dials).
+    let config = parse(&with_token(
+        "[quic]
+max_handshakes = 8",
+    ))
+    .expect("valid");
+    assert_eq!(config.quic.max_handshakes, 8);
+    error_naming(
+        parse(&with_token(
+            "[quic]
+keepalive_ms = 1",
+        )),
+        "keepalive_ms",
     );
 }
 

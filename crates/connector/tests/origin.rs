@@ -1,10 +1,9 @@
-//! The connector's origin client over a real QUIC stream pair, against real origins on
-//! loopback: request and response fidelity, streaming both ways, keep-alive reuse,
-//! cancellation, upgrades, error mapping.
+//! `fetch()` through a real connector (test edge, real QUIC, stream dispatch, dialer, origin
+//! client) against real origins on loopback: request and response fidelity, streaming both
+//! ways, keep-alive reuse, cancellation, upgrades, error mapping.
 //!
 //! TLS and HTTP/2 origins are in `origin_tls.rs`.
 
-#[path = "origin_support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -13,14 +12,15 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use underpass_connector::origin::OriginSettings;
 use underpass_proto::{
-    BodyKind, DialTarget, ProxyStatus, StreamReply, RESET_CANCELLED, RESET_INTERNAL,
+    BodyKind, Origin, ProxyStatus, ServiceId, ServiceRef, StreamReply, RESET_CANCELLED,
+    RESET_INTERNAL,
 };
 use underpass_transport::{RecvStream, SendStream, StreamError};
 
+use support::edge::{http_service, tcp_service};
 use support::origins::{raw_origin, read_head, wait_eof, EchoOrigin};
-use support::{get, with_header, Tunnel, LIMIT};
+use support::tunnel::{get, with_header, Tunnel, LIMIT};
 
 /// The issue's bound on closing the origin connection after a cancellation.
 const CANCEL_BOUND: Duration = Duration::from_secs(1);
@@ -28,13 +28,13 @@ const CANCEL_BOUND: Duration = Duration::from_secs(1);
 #[tokio::test]
 async fn service_request_arrives_intact_and_response_comes_back() {
     let origin = EchoOrigin::start("127.0.31.1").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let body = br#"{"name":"Ada","roles":["admin"]}"#;
     // A VPC Service: the configured address is dialed; the URL's host and port only fill
     // Host.
     let mut head = get("internal-api.company.local:9999", "/users?page=2");
     head.method = "POST".into();
-    head.dial = Some(DialTarget::from(origin.addr));
+    head.origin = Origin::Service(tunnel.service(http_service(0, 1, origin.addr)).await);
     head.body = BodyKind::Length(body.len() as u64);
     let head = with_header(head, "authorization", "Bearer s3cr3t");
     let head = with_header(head, "content-type", "application/json");
@@ -58,7 +58,7 @@ async fn service_request_arrives_intact_and_response_comes_back() {
 #[tokio::test]
 async fn network_request_dials_the_authority_and_keeps_an_explicit_host() {
     let origin = EchoOrigin::start("127.0.31.2").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let fetched = tunnel.fetch(get(origin.addr.to_string(), "/"), b"").await;
     assert_eq!(fetched.json()["host"], origin.addr.to_string());
     let head = with_header(get(origin.addr.to_string(), "/"), "host", "chosen.example");
@@ -69,7 +69,7 @@ async fn network_request_dials_the_authority_and_keeps_an_explicit_host() {
 #[tokio::test]
 async fn origin_error_statuses_pass_through_untouched() {
     let origin = EchoOrigin::start("127.0.31.3").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     for code in [404u16, 418, 500, 503] {
         let fetched = tunnel
             .fetch(
@@ -89,7 +89,7 @@ async fn origin_error_statuses_pass_through_untouched() {
 #[tokio::test]
 async fn chunked_upload_and_download_of_a_large_body() {
     let origin = EchoOrigin::start("127.0.31.4").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let payload: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
     let mut head = get(origin.addr.to_string(), "/upload");
     head.method = "PUT".into();
@@ -129,7 +129,7 @@ async fn chunked_upload_and_download_of_a_large_body() {
 #[tokio::test]
 async fn bodies_stream_both_ways_in_lockstep() {
     let origin = EchoOrigin::start("127.0.31.5").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let mut head = get(origin.addr.to_string(), "/duplex");
     head.method = "POST".into();
     head.body = BodyKind::Streaming;
@@ -174,7 +174,7 @@ async fn bodies_stream_both_ways_in_lockstep() {
 #[tokio::test]
 async fn server_sent_events_arrive_chunk_by_chunk() {
     let origin = EchoOrigin::start("127.0.31.6").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let feed = origin.feed();
     feed.send(Bytes::from_static(b"data: 0\n\n")).await.unwrap();
     let fetched_head = get(origin.addr.to_string(), "/sse");
@@ -216,7 +216,7 @@ async fn server_sent_events_arrive_chunk_by_chunk() {
 #[tokio::test]
 async fn keep_alive_reuses_one_origin_connection() {
     let origin = EchoOrigin::start("127.0.31.7").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     for i in 0..3 {
         let mut head = get(origin.addr.to_string(), &format!("/n/{i}"));
         if i == 1 {
@@ -233,7 +233,7 @@ async fn keep_alive_reuses_one_origin_connection() {
 #[tokio::test]
 async fn a_connection_the_origin_closes_is_not_reused() {
     let origin = EchoOrigin::start("127.0.31.16").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let fetched = tunnel
         .fetch(get(origin.addr.to_string(), "/close"), b"")
         .await;
@@ -258,7 +258,7 @@ async fn silently_closed_keep_alive_connections_are_not_reused() {
             .await;
     })
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     for _ in 0..5 {
         let fetched = tunnel.fetch(get(addr.to_string(), "/"), b"").await;
         assert_eq!(fetched.head().status, 200);
@@ -269,11 +269,7 @@ async fn silently_closed_keep_alive_connections_are_not_reused() {
 #[tokio::test]
 async fn idle_origin_connections_expire() {
     let origin = EchoOrigin::start("127.0.31.8").await;
-    let settings = OriginSettings {
-        pool_idle_timeout: Duration::from_millis(200),
-        ..OriginSettings::default()
-    };
-    let tunnel = Tunnel::start(settings).await;
+    let tunnel = Tunnel::with(|c| c.origin_idle_timeout(Duration::from_millis(200))).await;
     tunnel.fetch(get(origin.addr.to_string(), "/"), b"").await;
     tokio::time::timeout(LIMIT, origin.wait_closed(1))
         .await
@@ -302,7 +298,7 @@ async fn silent_origin(ip: &str) -> (std::net::SocketAddr, mpsc::Receiver<&'stat
 #[tokio::test]
 async fn cancel_before_the_head_closes_the_origin_connection() {
     let (addr, mut events) = silent_origin("127.0.31.9").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let mut exchange = tunnel.open(get(addr.to_string(), "/slow")).await;
     exchange.send.finish().unwrap();
     let event = tokio::time::timeout(LIMIT, events.recv()).await.unwrap();
@@ -336,7 +332,7 @@ async fn cancel_mid_response_closes_the_origin_connection() {
         }
     })
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let mut exchange = tunnel.open(get(addr.to_string(), "/events")).await;
     exchange.send.finish().unwrap();
     assert!(matches!(exchange.reply().await, StreamReply::Http(_)));
@@ -358,7 +354,7 @@ async fn cancel_mid_response_closes_the_origin_connection() {
 #[tokio::test]
 async fn aborted_upload_closes_the_origin_connection() {
     let (addr, mut events) = silent_origin("127.0.31.11").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let mut head = get(addr.to_string(), "/upload");
     head.method = "POST".into();
     head.body = BodyKind::Streaming;
@@ -379,9 +375,9 @@ async fn aborted_upload_closes_the_origin_connection() {
 
 #[tokio::test]
 async fn websocket_upgrade_becomes_a_raw_pipe_with_half_close() {
-    let addr = raw_origin("127.0.31.12", support::upgrade_script).await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
-    support::check_upgrade(&tunnel, get(addr.to_string(), "/chat")).await;
+    let addr = raw_origin("127.0.31.12", support::tunnel::upgrade_script).await;
+    let tunnel = Tunnel::start().await;
+    support::tunnel::check_upgrade(&tunnel, get(addr.to_string(), "/chat")).await;
 }
 
 #[tokio::test]
@@ -393,7 +389,7 @@ async fn refused_upgrade_is_http_upgrade_failed() {
         wait_eof(&mut tcp).await;
     })
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let mut head = with_header(get(addr.to_string(), "/chat"), "upgrade", "websocket");
     head.body = BodyKind::Upgrade;
     let fetched = tunnel.fetch(head, b"").await;
@@ -404,11 +400,7 @@ async fn refused_upgrade_is_http_upgrade_failed() {
 
 #[tokio::test]
 async fn failures_before_the_head_map_to_proxy_status() {
-    let tunnel = Tunnel::start(OriginSettings {
-        response_header_timeout: Duration::from_millis(300),
-        ..OriginSettings::default()
-    })
-    .await;
+    let tunnel = Tunnel::with(|c| c.response_header_timeout(Duration::from_millis(300))).await;
 
     let closed_port = {
         let listener = tokio::net::TcpListener::bind("127.0.31.14:0")
@@ -462,7 +454,7 @@ async fn a_body_cut_short_by_the_origin_resets_the_stream() {
         }
     })
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let mut exchange = tunnel.open(get(addr.to_string(), "/")).await;
     exchange.send.finish().unwrap();
     let StreamReply::Http(reply) = exchange.reply().await else {
@@ -470,10 +462,45 @@ async fn a_body_cut_short_by_the_origin_resets_the_stream() {
     };
     assert_eq!(reply.body, BodyKind::Length(100));
     let mut body = exchange.body();
-    assert_eq!(support::read_exactly(&mut body, 10).await, b"only ten b");
+    assert_eq!(
+        support::tunnel::read_exactly(&mut body, 10).await,
+        b"only ten b"
+    );
     close_tx.send(()).await.unwrap();
     let end = tokio::time::timeout(LIMIT, body.read_chunk(1024))
         .await
         .unwrap();
     assert_eq!(end, Err(StreamError::Reset(RESET_INTERNAL)));
+}
+
+/// `fetch()` to a TCP service is refused as the edge refuses it; one naming a service whose
+/// policy never comes is `destination_unavailable` once the header timeout is over.
+#[tokio::test]
+async fn a_fetch_to_a_tcp_service_or_a_service_without_policy_is_refused() {
+    let tunnel = Tunnel::with(|c| c.header_timeout(Duration::from_millis(300))).await;
+    let tcp = tunnel
+        .service(tcp_service(0, 1, "127.0.31.18:6379".parse().unwrap()))
+        .await;
+    let mut head = get("api.internal", "/");
+    head.origin = Origin::Service(tcp);
+    let error = tunnel.fetch(head, b"").await.error().clone();
+    assert_eq!(
+        error.status,
+        ProxyStatus::HttpRequestDenied,
+        "{}",
+        error.details
+    );
+
+    let mut head = get("api.internal", "/");
+    head.origin = Origin::Service(ServiceRef {
+        id: ServiceId([0xdd; 16]),
+        generation: 1,
+    });
+    let error = tunnel.fetch(head, b"").await.error().clone();
+    assert_eq!(error.status, ProxyStatus::DestinationUnavailable);
+    assert!(
+        error.details.contains(&hex::encode([0xdd; 16])),
+        "{}",
+        error.details
+    );
 }

@@ -1,38 +1,34 @@
-//! HTTPS origins through the connector's origin client: verification modes with a test CA,
-//! SNI and Host from the URL, HTTP/2 by ALPN, upgrades over TLS.
+//! HTTPS origins through a real connector: verification modes and CA bundles from service
+//! policies (a 512 KiB bundle included), SNI and Host from the URL, HTTP/2 by ALPN, upgrades
+//! over TLS.
 
-#[path = "origin_support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_rustls::TlsAcceptor;
-use underpass_connector::origin::OriginSettings;
 use underpass_proto::{
-    DialTarget, HttpRequestHead, ProxyStatus, Scheme, StreamReply, TlsVerification, RESET_CANCELLED,
+    HttpRequestHead, ProxyStatus, Scheme, StreamReply, TlsVerification, RESET_CANCELLED,
 };
 use underpass_transport::{RecvStream, SendStream};
 
 use support::origins::{raw_origin, EchoOrigin};
 use support::pki::TestCa;
-use support::{get, Tunnel};
+use support::tunnel::{get, Tunnel};
 
 const ALPN_BOTH: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// A VPC Service request for `https://<url_host>/hello`, dialing `origin`.
-fn service(
+/// A VPC Service request for `https://<url_host>/hello`, whose policy dials `origin`.
+async fn service(
+    tunnel: &Tunnel,
     url_host: &str,
     origin: &EchoOrigin,
     mode: TlsVerification,
     ca: Option<&TestCa>,
 ) -> HttpRequestHead {
-    let mut head = get(url_host, "/hello");
-    head.scheme = Scheme::Https;
-    head.dial = Some(DialTarget::from(origin.addr));
-    head.tls = mode;
-    head.ca_pem = ca.map(|ca| ca.pem.clone());
-    head
+    let ca = ca.map(|ca| ca.pem.as_str());
+    tunnel.https_service(url_host, origin.addr, mode, ca).await
 }
 
 #[tokio::test]
@@ -43,14 +39,16 @@ async fn verify_full_checks_chain_and_name() {
         ca.server_config(&["api.internal"], &ALPN_BOTH),
     )
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
 
     let ok = service(
+        &tunnel,
         "api.internal",
         &origin,
         TlsVerification::VerifyFull,
         Some(&ca),
-    );
+    )
+    .await;
     let fetched = tunnel.fetch(ok, b"").await;
     assert_eq!(fetched.head().status, 200);
     let echo = fetched.json();
@@ -59,11 +57,13 @@ async fn verify_full_checks_chain_and_name() {
     assert_eq!(echo["version"], "HTTP/1.1");
 
     let wrong_name = service(
+        &tunnel,
         "other.internal",
         &origin,
         TlsVerification::VerifyFull,
         Some(&ca),
-    );
+    )
+    .await;
     let error = tunnel.fetch(wrong_name, b"").await.error().clone();
     assert_eq!(error.status, ProxyStatus::TlsCertificateError);
     assert!(
@@ -74,11 +74,13 @@ async fn verify_full_checks_chain_and_name() {
 
     let other_ca = TestCa::new("Test CA other");
     let unknown = service(
+        &tunnel,
         "api.internal",
         &origin,
         TlsVerification::VerifyFull,
         Some(&other_ca),
-    );
+    )
+    .await;
     let error = tunnel.fetch(unknown, b"").await.error().clone();
     assert_eq!(error.status, ProxyStatus::TlsCertificateError);
     assert!(
@@ -87,7 +89,14 @@ async fn verify_full_checks_chain_and_name() {
         error.details
     );
 
-    let no_bundle = service("api.internal", &origin, TlsVerification::VerifyFull, None);
+    let no_bundle = service(
+        &tunnel,
+        "api.internal",
+        &origin,
+        TlsVerification::VerifyFull,
+        None,
+    )
+    .await;
     let error = tunnel.fetch(no_bundle, b"").await.error().clone();
     assert_eq!(error.status, ProxyStatus::TlsCertificateError);
 }
@@ -100,25 +109,29 @@ async fn verify_ca_checks_the_chain_only() {
         ca.server_config(&["api.internal"], &ALPN_BOTH),
     )
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
 
     let mismatched = service(
+        &tunnel,
         "renamed.internal",
         &origin,
         TlsVerification::VerifyCa,
         Some(&ca),
-    );
+    )
+    .await;
     let fetched = tunnel.fetch(mismatched, b"").await;
     assert_eq!(fetched.head().status, 200);
     assert_eq!(fetched.json()["sni"], "renamed.internal");
 
     let other_ca = TestCa::new("Test CA stranger");
     let unknown = service(
+        &tunnel,
         "api.internal",
         &origin,
         TlsVerification::VerifyCa,
         Some(&other_ca),
-    );
+    )
+    .await;
     let error = tunnel.fetch(unknown, b"").await.error().clone();
     assert_eq!(error.status, ProxyStatus::TlsCertificateError);
 }
@@ -131,9 +144,9 @@ async fn disabled_verification_accepts_any_certificate() {
         ca.server_config(&["api.internal"], &ALPN_BOTH),
     )
     .await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     for url_host in ["api.internal", "whatever.example"] {
-        let head = service(url_host, &origin, TlsVerification::Disabled, None);
+        let head = service(&tunnel, url_host, &origin, TlsVerification::Disabled, None).await;
         let fetched = tunnel.fetch(head, b"").await;
         assert_eq!(fetched.head().status, 200);
         assert_eq!(fetched.json()["host"], url_host);
@@ -145,11 +158,18 @@ async fn an_ip_literal_sends_no_sni_and_matches_the_ip_san() {
     let ca = TestCa::new("Test CA ip");
     let config = ca.server_config(&["127.0.32.4"], &ALPN_BOTH);
     let origin = EchoOrigin::start_tls("127.0.32.4", config).await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
-    // A VPC Network request: https://127.0.32.4:<port>/ dials the URL.
-    let mut head = get(origin.addr.to_string(), "/ip");
-    head.scheme = Scheme::Https;
-    head.ca_pem = Some(ca.pem.clone());
+    let tunnel = Tunnel::start().await;
+    // https://127.0.32.4:<port>/ to a service on that address, trusting the test CA.
+    let url_host = origin.addr.to_string();
+    let mut head = service(
+        &tunnel,
+        &url_host,
+        &origin,
+        TlsVerification::VerifyFull,
+        Some(&ca),
+    )
+    .await;
+    head.path = "/ip".into();
     let fetched = tunnel.fetch(head, b"").await;
     let echo = fetched.json();
     assert_eq!(echo["sni"], serde_json::Value::Null);
@@ -159,8 +179,15 @@ async fn an_ip_literal_sends_no_sni_and_matches_the_ip_san() {
 #[tokio::test]
 async fn plain_http_on_a_tls_request_is_a_tls_protocol_error() {
     let origin = EchoOrigin::start("127.0.32.5").await;
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
-    let head = service("api.internal", &origin, TlsVerification::Disabled, None);
+    let tunnel = Tunnel::start().await;
+    let head = service(
+        &tunnel,
+        "api.internal",
+        &origin,
+        TlsVerification::Disabled,
+        None,
+    )
+    .await;
     let error = tunnel.fetch(head, b"").await.error().clone();
     assert_eq!(error.status, ProxyStatus::TlsProtocolError);
 }
@@ -173,18 +200,16 @@ async fn http2_is_used_when_enabled_and_chosen_by_alpn() {
         ca.server_config(&["api.internal"], &ALPN_BOTH),
     )
     .await;
-    let tunnel = Tunnel::start(OriginSettings {
-        http2: true,
-        ..OriginSettings::default()
-    })
-    .await;
+    let tunnel = Tunnel::with(|c| c.origin_http2(true)).await;
     for i in 0..3 {
         let mut head = service(
+            &tunnel,
             "api.internal",
             &origin,
             TlsVerification::VerifyFull,
             Some(&ca),
-        );
+        )
+        .await;
         head.path = format!("/h2/{i}");
         let fetched = tunnel.fetch(head, b"").await;
         let echo = fetched.json();
@@ -193,18 +218,23 @@ async fn http2_is_used_when_enabled_and_chosen_by_alpn() {
         assert_eq!(echo["path"], format!("/h2/{i}"));
     }
     // Concurrent requests share the one HTTP/2 connection.
-    let head = || {
-        service(
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        let head = service(
+            &tunnel,
             "api.internal",
             &origin,
             TlsVerification::VerifyFull,
             Some(&ca),
         )
-    };
+        .await;
+        heads.push(head);
+    }
+    let [a, b, c] = <[HttpRequestHead; 3]>::try_from(heads).expect("three heads");
     let (a, b, c) = tokio::join!(
-        tunnel.fetch(head(), b""),
-        tunnel.fetch(head(), b""),
-        tunnel.fetch(head(), b"")
+        tunnel.fetch(a, b""),
+        tunnel.fetch(b, b""),
+        tunnel.fetch(c, b"")
     );
     for fetched in [a, b, c] {
         assert_eq!(fetched.json()["version"], "HTTP/2.0");
@@ -212,13 +242,15 @@ async fn http2_is_used_when_enabled_and_chosen_by_alpn() {
     assert_eq!(origin.connections(), 1);
 
     // The same origin without HTTP/2 enabled: HTTP/1.1.
-    let tunnel = Tunnel::start(OriginSettings::default()).await;
+    let tunnel = Tunnel::start().await;
     let head = service(
+        &tunnel,
         "api.internal",
         &origin,
         TlsVerification::VerifyFull,
         Some(&ca),
-    );
+    )
+    .await;
     assert_eq!(tunnel.fetch(head, b"").await.json()["version"], "HTTP/1.1");
 }
 
@@ -230,21 +262,22 @@ async fn upgrade_over_tls_becomes_a_raw_pipe() {
         let acceptor = acceptor.clone();
         async move {
             if let Ok(tls) = acceptor.accept(tcp).await {
-                support::upgrade_script(tls).await;
+                support::tunnel::upgrade_script(tls).await;
             }
         }
     })
     .await;
-    let tunnel = Tunnel::start(OriginSettings {
-        http2: true,
-        ..OriginSettings::default()
-    })
-    .await;
-    let mut head = get("ws.internal", "/socket");
-    head.scheme = Scheme::Https;
-    head.dial = Some(DialTarget::from(addr));
-    head.ca_pem = Some(ca.pem.clone());
-    support::check_upgrade(&tunnel, head).await;
+    let tunnel = Tunnel::with(|c| c.origin_http2(true)).await;
+    let mut head = tunnel
+        .https_service(
+            "ws.internal",
+            addr,
+            TlsVerification::VerifyFull,
+            Some(&ca.pem),
+        )
+        .await;
+    head.path = "/socket".into();
+    support::tunnel::check_upgrade(&tunnel, head).await;
 }
 
 /// Over HTTP/2, a cancelled exchange resets its stream only: the origin sees its response
@@ -257,26 +290,24 @@ async fn http2_cancellation_resets_the_stream_and_keeps_the_connection() {
         ca.server_config(&["api.internal"], &ALPN_BOTH),
     )
     .await;
-    let tunnel = Tunnel::start(OriginSettings {
-        http2: true,
-        ..OriginSettings::default()
-    })
-    .await;
+    let tunnel = Tunnel::with(|c| c.origin_http2(true)).await;
     let feed = origin.feed();
     feed.send(Bytes::from_static(b"data: 0\n\n")).await.unwrap();
     let mut head = service(
+        &tunnel,
         "api.internal",
         &origin,
         TlsVerification::VerifyFull,
         Some(&ca),
-    );
+    )
+    .await;
     head.path = "/sse".into();
     let mut exchange = tunnel.open(head).await;
     exchange.send.finish().unwrap();
     assert!(matches!(exchange.reply().await, StreamReply::Http(_)));
     let mut body = exchange.body();
     assert_eq!(
-        support::read_exactly(&mut body, 9).await,
+        support::tunnel::read_exactly(&mut body, 9).await,
         b"data: 0\n\n".to_vec()
     );
     body.stop(RESET_CANCELLED);
@@ -285,12 +316,77 @@ async fn http2_cancellation_resets_the_stream_and_keeps_the_connection() {
         .expect("origin still streaming 1 s after the cancellation");
 
     let head = service(
+        &tunnel,
         "api.internal",
         &origin,
         TlsVerification::VerifyFull,
         Some(&ca),
-    );
+    )
+    .await;
     let fetched = tunnel.fetch(head, b"").await;
     assert_eq!(fetched.json()["version"], "HTTP/2.0");
     assert_eq!(origin.connections(), 1);
+}
+
+/// Defect 2 of issue 10: a service's CA bundle travels once per connection in its policy, not
+/// in every request head, so a bundle far larger than a frame works (512 KiB here: the
+/// service's CA among a few hundred others), request after request.
+#[tokio::test]
+async fn a_512_kib_ca_bundle_verifies_the_origin() {
+    let ca = TestCa::new("Test CA in a big bundle");
+    let origin = EchoOrigin::start_tls(
+        "127.0.32.9",
+        ca.server_config(&["api.internal"], &ALPN_BOTH),
+    )
+    .await;
+    let mut bundle = String::new();
+    let others: Vec<TestCa> = (0..8)
+        .map(|i| TestCa::new(&format!("Other CA {i}")))
+        .collect();
+    while bundle.len() < 512 * 1024 {
+        for other in &others {
+            bundle.push_str(&other.pem);
+        }
+    }
+    bundle.push_str(&ca.pem);
+    assert!(bundle.len() > 512 * 1024);
+    let tunnel = Tunnel::start().await;
+    let head = tunnel
+        .https_service(
+            "api.internal",
+            origin.addr,
+            TlsVerification::VerifyFull,
+            Some(&bundle),
+        )
+        .await;
+    for i in 0..3 {
+        let mut head = head.clone();
+        head.path = format!("/big-bundle/{i}");
+        let fetched = tunnel.fetch(head, b"").await;
+        assert_eq!(fetched.head().status, 200);
+        assert_eq!(fetched.json()["path"], format!("/big-bundle/{i}"));
+    }
+    tunnel.shutdown().await;
+}
+
+/// A VPC Network request has no policy: an https origin is verified in full against the
+/// system roots only, which do not hold the test CA.
+#[tokio::test]
+async fn a_network_request_trusts_only_the_system_roots() {
+    let ca = TestCa::new("Test CA network");
+    let origin = EchoOrigin::start_tls(
+        "127.0.32.10",
+        ca.server_config(&["127.0.32.10"], &ALPN_BOTH),
+    )
+    .await;
+    let tunnel = Tunnel::start().await;
+    let mut head = get(origin.addr.to_string(), "/");
+    head.scheme = Scheme::Https;
+    let error = tunnel.fetch(head, b"").await.error().clone();
+    assert_eq!(error.status, ProxyStatus::TlsCertificateError);
+    assert!(
+        error.details.contains("unknown issuer"),
+        "{}",
+        error.details
+    );
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use underpass_transport::quic::QuicConfig;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +23,7 @@ pub(super) struct ConfigFile {
     #[serde(default)]
     pub(super) timeouts: TimeoutsSection,
     #[serde(default)]
-    pub(super) quic: QuicSection,
+    pub(super) quic: QuicConfig,
     #[serde(default)]
     pub(super) edge: EdgeSection,
     #[serde(default)]
@@ -72,19 +73,8 @@ pub(super) struct TimeoutsSection {
     pub(super) drain_ms: Option<u64>,
     pub(super) tls_handshake_ms: Option<u64>,
     pub(super) response_header_ms: Option<u64>,
+    pub(super) origin_idle_ms: Option<u64>,
     pub(super) origin_http2: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct QuicSection {
-    pub(super) keep_alive_ms: Option<u64>,
-    pub(super) idle_timeout_ms: Option<u64>,
-    pub(super) stream_receive_window: Option<u64>,
-    pub(super) connection_receive_window: Option<u64>,
-    pub(super) send_window: Option<u64>,
-    pub(super) max_concurrent_streams: Option<u64>,
-    pub(super) socket_buffer: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

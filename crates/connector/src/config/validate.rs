@@ -2,27 +2,26 @@
 //! every error.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use underpass_proto::authority::{parse_authority, parse_resolver};
 use underpass_proto::TunnelToken;
 use underpass_routes::PortSet;
-use underpass_transport::quic::QuicSettings;
+use underpass_transport::quic::{QuicConfig, QuicSettings};
 use underpass_transport::tls::{self, EdgeVerification};
+use underpass_transport::TransportError;
 
-use super::file::{ConfigFile, EdgeSection, QuicSection, RouteEntry, SecretString};
+use super::file::{ConfigFile, EdgeSection, RouteEntry, SecretString};
 use super::{
     ConfigError, ConnectorConfig, DnsSettings, EdgeSettings, Overrides, ReconnectSettings, Route,
     Timeouts, TokenSource, DEFAULT_CONNECT_MS, DEFAULT_DNS_TIMEOUT_MS, DEFAULT_DRAIN_MS,
-    DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS, DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS,
-    DEFAULT_REGISTER_MS, DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS,
-    MAX_STREAMS_LIMIT, TOKEN_ENV,
+    DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS, DEFAULT_ORIGIN_IDLE_MS, DEFAULT_RECONNECT_INITIAL_MS,
+    DEFAULT_RECONNECT_MAX_MS, DEFAULT_REGISTER_MS, DEFAULT_RESPONSE_HEADER_MS,
+    DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS, MAX_STREAMS_LIMIT, TOKEN_ENV,
 };
-
-/// Port used for a resolver given without one.
-const DNS_PORT: u16 = 53;
 
 fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid {
@@ -88,7 +87,7 @@ pub(super) fn validate_with_token(
         .iter()
         .enumerate()
         .map(|(index, text)| {
-            parse_resolver(text).map_err(|m| invalid(format!("dns.resolvers[{index}]"), m))
+            parse_resolver(text).map_err(|e| invalid(format!("dns.resolvers[{index}]"), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let dns = DnsSettings {
@@ -135,6 +134,11 @@ pub(super) fn validate_with_token(
             "timeouts.response_header_ms",
             file.timeouts.response_header_ms,
             DEFAULT_RESPONSE_HEADER_MS,
+        )?,
+        origin_idle: positive_ms(
+            "timeouts.origin_idle_ms",
+            file.timeouts.origin_idle_ms,
+            DEFAULT_ORIGIN_IDLE_MS,
         )?,
         origin_http2: file.timeouts.origin_http2.unwrap_or(false),
     };
@@ -264,17 +268,6 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not a CIDR (like 10.0.0.0/8) or an IP address"))
 }
 
-/// `ip:port`, `[v6]:port`, or a bare IP (port 53).
-fn parse_resolver(text: &str) -> Result<SocketAddr, String> {
-    let text = text.trim();
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    text.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, DNS_PORT))
-        .map_err(|_| format!("{text:?} is not an IP address or ip:port"))
-}
-
 fn positive_ms(key: &str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
     match value.unwrap_or(default) {
         0 => Err(invalid(key, "must be above zero")),
@@ -282,31 +275,15 @@ fn positive_ms(key: &str, value: Option<u64>, default: u64) -> Result<Duration, 
     }
 }
 
-fn quic_settings(section: &QuicSection) -> Result<QuicSettings, ConfigError> {
-    let mut quic = QuicSettings::default();
-    if let Some(ms) = section.keep_alive_ms {
-        quic.keep_alive = Duration::from_millis(ms);
-    }
-    if let Some(ms) = section.idle_timeout_ms {
-        quic.idle_timeout = Duration::from_millis(ms);
-    }
-    if let Some(value) = section.stream_receive_window {
-        quic.stream_receive_window = value;
-    }
-    if let Some(value) = section.connection_receive_window {
-        quic.connection_receive_window = value;
-    }
-    if let Some(value) = section.send_window {
-        quic.send_window = value;
-    }
-    if let Some(value) = section.max_concurrent_streams {
-        quic.max_concurrent_streams = value;
-    }
-    if let Some(value) = section.socket_buffer {
-        quic.socket_buffer = value;
-    }
-    quic.transport_config().map_err(|e| invalid("quic", e))?;
-    Ok(quic)
+/// `[quic]`: the transport's own checks, the same as the edge's; the message names the key.
+fn quic_settings(section: &QuicConfig) -> Result<QuicSettings, ConfigError> {
+    section.settings().map_err(|error| {
+        let message = match error {
+            TransportError::Settings(message) => message,
+            other => other.to_string(),
+        };
+        invalid("quic", message)
+    })
 }
 
 fn edge_settings(
@@ -318,17 +295,40 @@ fn edge_settings(
         Some(list) if list.is_empty() => {
             return Err(invalid("edge.addresses", "must name at least one edge"))
         }
-        Some(list) => list.clone(),
-        None => token.edges.clone(),
-    };
-    for (index, address) in addresses.iter().enumerate() {
-        if crate::agent::split_host_port(address).is_none() {
-            return Err(invalid(
-                format!("edge.addresses[{index}]"),
-                format!("{address:?} is not host:port"),
-            ));
+        Some(list) => {
+            for (index, address) in list.iter().enumerate() {
+                parse_authority(address.trim()).map_err(|e| {
+                    invalid(
+                        format!("edge.addresses[{index}]"),
+                        format!("{address:?} is not host:port: {e}"),
+                    )
+                })?;
+            }
+            list.iter().map(|a| a.trim().to_owned()).collect()
         }
-    }
+        // A token with no edge would leave nothing to dial: say which key fixes it.
+        None if token.edges.is_empty() => {
+            return Err(invalid(
+                "edge.addresses",
+                "the tunnel token names no edge address; set `edge.addresses` or use a token \
+                 that names one",
+            ))
+        }
+        None => {
+            for address in &token.edges {
+                parse_authority(address).map_err(|e| {
+                    invalid(
+                        "edge.addresses",
+                        format!(
+                            "the tunnel token's edge address {address:?} is not host:port ({e}); \
+                             set `edge.addresses`"
+                        ),
+                    )
+                })?;
+            }
+            token.edges.clone()
+        }
+    };
     let server_name = match &section.server_name {
         Some(name) if name.trim().is_empty() => {
             return Err(invalid("edge.server_name", "must not be empty"))

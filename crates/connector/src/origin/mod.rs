@@ -1,10 +1,13 @@
 //! The connector's HTTP client towards private origins: runs one `fetch()` exchange from a
 //! stream's request head to the end of the response body.
 //!
-//! - the origin is the head's dial target (VPC Service) or its URL authority (VPC Network),
-//!   always dialed through the [`Dialer`] (route check, resolution, deny list);
-//! - https origins get TLS with the head's verification mode (`tls`); the URL's host is the
-//!   SNI and fills `Host` unless the request has one;
+//! - the origin is a [`Destination`]: a VPC Network's dial target, or a VPC Service's host
+//!   and port (by scheme) from its policy; always dialed through the [`Dialer`] (route check,
+//!   resolution, deny list);
+//! - https origins get TLS: a VPC Network verified in full against the system roots, a VPC
+//!   Service as its policy says (`verify_full`, `verify_ca`, `disabled`; its CA bundle added
+//!   to the system roots); the URL's host is the SNI and fills `Host` unless the request has
+//!   one;
 //! - connections are kept alive and reused per destination and TLS identity (`pool`);
 //!   HTTP/1.1 by default, HTTP/2 when enabled and chosen by the origin in ALPN;
 //! - bodies stream both ways chunk by chunk, never buffered whole;
@@ -43,10 +46,12 @@ use underpass_proto::{
     BodyKind, HttpRequestHead, HttpResponseHead, ProxyErrorReply, ProxyStatus, StreamReply,
     RESET_CANCELLED, RESET_INTERNAL,
 };
+use underpass_rt::Shutdown;
 use underpass_transport::{RecvStream, SendStream};
 
 use self::pool::{Pool, SendResult, Sender};
-use self::target::{Origin, UploadWatch};
+pub(crate) use self::target::Destination;
+use self::target::{Endpoint, UploadWatch};
 use self::tls::{TlsConfigs, VerifyMode};
 use crate::dial::Dialer;
 
@@ -87,11 +92,13 @@ impl Default for OriginSettings {
 
 /// The HTTP client towards origins: TLS configurations and the connection pool, shared by
 /// every exchange of the connector.
-pub struct OriginClient {
+pub(crate) struct OriginClient {
     settings: OriginSettings,
     pool: Pool,
     tls: TlsConfigs,
     warned: Mutex<HashSet<String>>,
+    /// Where origin connections and pool upkeep run: stopped and forced with the connector.
+    tasks: Shutdown,
 }
 
 /// Why an exchange stopped before the response head.
@@ -119,34 +126,39 @@ enum BodyEnd {
 }
 
 impl OriginClient {
-    /// A client with these settings. Nothing is dialed until a request comes.
-    pub fn new(settings: OriginSettings) -> Self {
+    /// A client with these settings, running its connections' tasks in `tasks`. Nothing is
+    /// dialed until a request comes.
+    pub(crate) fn new(settings: OriginSettings, tasks: Shutdown) -> Self {
         OriginClient {
-            pool: Pool::new(settings.pool_idle_timeout, settings.max_idle_per_origin),
+            pool: Pool::new(
+                settings.pool_idle_timeout,
+                settings.max_idle_per_origin,
+                tasks.clone(),
+            ),
             tls: TlsConfigs::default(),
             warned: Mutex::new(HashSet::new()),
             settings,
+            tasks,
         }
     }
 
-    /// The settings in use.
-    pub fn settings(&self) -> &OriginSettings {
-        &self.settings
-    }
-
-    /// Close every idle origin connection, for instance after the routes changed (a pooled
-    /// connection was checked against the routes when it was dialed).
-    pub fn close_idle(&self) {
+    /// Close every idle origin connection, then wait (up to `grace`, then cut them) for the
+    /// connections still running to end. For the end of the connector: every exchange is
+    /// over by then.
+    pub(crate) async fn close(&self, grace: Duration) {
         self.pool.clear();
+        self.tasks.shutdown(grace).await;
     }
 
     /// Run one exchange: send the request of `head` with the body read from `body` to the
-    /// origin and write the reply, then the response body, to `send`. Everything is
-    /// written here, errors included; the stream is finished or reset on return.
-    pub async fn serve<S: SendStream, R: RecvStream>(
+    /// origin at `destination` and write the reply, then the response body, to `send`.
+    /// Everything is written here, errors included; the stream is finished or reset on
+    /// return.
+    pub(crate) async fn serve<S: SendStream, R: RecvStream>(
         &self,
         dialer: &Dialer,
         head: HttpRequestHead,
+        destination: Destination,
         send: S,
         body: Buffered<R>,
     ) {
@@ -156,7 +168,7 @@ impl OriginClient {
             authority = %head.authority,
             path = %head.path,
         );
-        self.exchange(dialer, head, send, body)
+        self.exchange(dialer, head, destination, send, body)
             .instrument(span)
             .await;
     }
@@ -165,13 +177,15 @@ impl OriginClient {
         &self,
         dialer: &Dialer,
         head: HttpRequestHead,
+        destination: Destination,
         mut send: S,
         body: Buffered<R>,
     ) {
-        let origin = match Origin::from_head(&head) {
+        let origin = match Endpoint::new(&head, &destination) {
             Ok(origin) => origin,
             Err(error) => return refuse(&mut send, error).await,
         };
+        drop(destination);
         if head.body == BodyKind::Upgrade {
             // Boxed: the upgrade path is rare and large; inline it would grow every exchange.
             return Box::pin(upgrade::serve(self, dialer, &origin, &head, send, body)).await;
@@ -242,7 +256,7 @@ impl OriginClient {
     async fn request(
         &self,
         dialer: &Dialer,
-        origin: &Origin,
+        origin: &Endpoint,
         mut request: http::Request<pool::OriginBody>,
         upload: &mut UploadWatch,
     ) -> Result<(Response<Incoming>, Option<Sender>), Failure> {
@@ -319,20 +333,20 @@ impl OriginClient {
     async fn connect(
         &self,
         dialer: &Dialer,
-        origin: &Origin,
+        origin: &Endpoint,
         allow_http2: bool,
     ) -> Result<Sender, ProxyErrorReply> {
         let tcp = dialer.dial(&origin.target).await?;
         let span = debug_span!("origin_connection", dest = %origin.target);
         let Some(tls) = &origin.key.tls else {
             debug!(dest = %origin.target, "origin connected");
-            return handshake_http1(tcp, span).await;
+            return handshake_http1(tcp, span, &self.tasks).await;
         };
         if tls.mode == VerifyMode::Disabled {
             self.warn_unverified(origin);
         }
         let http2 = allow_http2 && self.settings.http2;
-        let config = self.tls.config(tls.mode, tls.ca_pem.as_ref(), http2)?;
+        let config = self.tls.config(tls.mode, tls.ca.as_ref(), http2).await?;
         let limit = self.settings.tls_handshake_timeout;
         let handshake = TlsConnector::from(config).connect(tls.server_name.clone(), tcp);
         let stream = match tokio::time::timeout(limit, handshake).await {
@@ -348,9 +362,9 @@ impl OriginClient {
         let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         debug!(dest = %origin.target, http2 = negotiated_h2, "origin connected over TLS");
         if !negotiated_h2 {
-            return handshake_http1(stream, span).await;
+            return handshake_http1(stream, span, &self.tasks).await;
         }
-        let sender = handshake_http2(stream, span).await?;
+        let sender = handshake_http2(stream, span, &self.tasks).await?;
         if let Some(shared) = sender.share() {
             self.pool.put(origin.key.clone(), shared);
         }
@@ -370,15 +384,20 @@ impl OriginClient {
         // The request body is still going (the origin answered early): wait in the
         // background rather than hold up the end of the response.
         let pool = self.pool.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.put(key, sender);
+        let stopping = self.tasks.stopping();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                ready = sender.ready() => if ready.is_ok() {
+                    pool.put(key, sender);
+                },
+                // Stopping: this connection would only be closed again.
+                () = stopping => {}
             }
         });
     }
 
     /// `cert_verification_mode = disabled`: say so once per origin, not per request.
-    fn warn_unverified(&self, origin: &Origin) {
+    fn warn_unverified(&self, origin: &Endpoint) {
         let key = format!(
             "{} {}",
             origin.target,
@@ -448,8 +467,13 @@ async fn stream_body<S: SendStream>(
     }
 }
 
-/// Start HTTP/1.1 on a connected origin socket; the connection is driven by its own task.
-async fn handshake_http1<T>(io: T, span: tracing::Span) -> Result<Sender, ProxyErrorReply>
+/// Start HTTP/1.1 on a connected origin socket; the connection is driven by its own task in
+/// `tasks`, cut when they are forced.
+async fn handshake_http1<T>(
+    io: T,
+    span: tracing::Span,
+    tasks: &Shutdown,
+) -> Result<Sender, ProxyErrorReply>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -460,11 +484,15 @@ where
             status: ProxyStatus::ProxyInternalError,
             details: format!("cannot start HTTP/1.1 on the origin connection: {err}"),
         })?;
-    tokio::spawn(
+    let forced = tasks.forced();
+    tasks.spawn(
         async move {
-            match connection.with_upgrades().await {
-                Ok(()) => debug!("origin connection closed"),
-                Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
+            tokio::select! {
+                done = connection.with_upgrades() => match done {
+                    Ok(()) => debug!("origin connection closed"),
+                    Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
+                },
+                () = forced => debug!("origin connection cut: shutting down"),
             }
         }
         .instrument(span),
@@ -472,8 +500,13 @@ where
     Ok(Sender::Http1(sender))
 }
 
-/// Start HTTP/2 on a TLS connection where the origin chose `h2`.
-async fn handshake_http2<T>(io: T, span: tracing::Span) -> Result<Sender, ProxyErrorReply>
+/// Start HTTP/2 on a TLS connection where the origin chose `h2`; driven like
+/// [`handshake_http1`].
+async fn handshake_http2<T>(
+    io: T,
+    span: tracing::Span,
+    tasks: &Shutdown,
+) -> Result<Sender, ProxyErrorReply>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -484,11 +517,15 @@ where
             status: ProxyStatus::HttpProtocolError,
             details: format!("HTTP/2 handshake with the origin failed: {err}"),
         })?;
-    tokio::spawn(
+    let forced = tasks.forced();
+    tasks.spawn(
         async move {
-            match connection.await {
-                Ok(()) => debug!("origin connection closed"),
-                Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
+            tokio::select! {
+                done = connection => match done {
+                    Ok(()) => debug!("origin connection closed"),
+                    Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
+                },
+                () = forced => debug!("origin connection cut: shutting down"),
             }
         }
         .instrument(span),

@@ -22,9 +22,11 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use rustls_pki_types::ServerName;
 use tracing::debug;
 use underpass_proto::Host;
+use underpass_rt::Shutdown;
 use underpass_transport::StreamError;
 
 use super::tls::VerifyMode;
+use crate::policy::CaBundle;
 
 /// The body of every request sent to an origin.
 pub(crate) type OriginBody = UnsyncBoxBody<Bytes, StreamError>;
@@ -57,8 +59,8 @@ pub(crate) struct TlsKey {
     pub(crate) server_name: ServerName<'static>,
     /// Verification mode.
     pub(crate) mode: VerifyMode,
-    /// Extra trust anchors.
-    pub(crate) ca_pem: Option<Arc<str>>,
+    /// Extra trust anchors (compared by digest).
+    pub(crate) ca: Option<CaBundle>,
 }
 
 /// A handle to send requests on one origin connection.
@@ -130,6 +132,7 @@ struct Inner {
     idle_timeout: Duration,
     max_idle: usize,
     sweeping: AtomicBool,
+    tasks: Shutdown,
 }
 
 /// The pool of idle origin connections. Cheap to clone.
@@ -139,14 +142,16 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool keeping up to `max_idle` connections per key, each for up to `idle_timeout`.
-    pub(crate) fn new(idle_timeout: Duration, max_idle: usize) -> Self {
+    /// A pool keeping up to `max_idle` connections per key, each for up to `idle_timeout`;
+    /// its sweeper runs in `tasks` until they stop.
+    pub(crate) fn new(idle_timeout: Duration, max_idle: usize, tasks: Shutdown) -> Self {
         Pool {
             inner: Arc::new(Inner {
                 idle: Mutex::new(HashMap::new()),
                 idle_timeout,
                 max_idle,
                 sweeping: AtomicBool::new(false),
+                tasks,
             }),
         }
     }
@@ -209,18 +214,24 @@ impl Pool {
         drop(drained);
     }
 
-    /// Start the task that closes expired idle connections, once, while the pool lives.
+    /// Start the task that closes expired idle connections, once, while the pool lives and
+    /// the connector is not stopping.
     fn start_sweeper(&self) {
         if self.inner.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let period = (self.inner.idle_timeout / 2).clamp(MIN_SWEEP, MAX_SWEEP);
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        let stopping = self.inner.tasks.stopping();
+        self.inner.tasks.spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(stopping);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = &mut stopping => return,
+                }
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };

@@ -21,10 +21,22 @@ use underpass_proto::{
 use underpass_transport::StreamError;
 
 use super::pool::{OriginBody, PoolKey, TlsKey};
+use super::tls::VerifyMode;
+use crate::policy::ServiceOrigin;
+
+/// Where an exchange goes: what the stream's head names, with a service's policy resolved.
+pub(crate) enum Destination {
+    /// A VPC Network: dial this target; an https origin is verified in full against the
+    /// system roots.
+    Network(DialTarget),
+    /// A VPC Service: its policy gives the host, the port for the scheme, the verification
+    /// mode and the CA bundle.
+    Service(Arc<ServiceOrigin>),
+}
 
 /// Where and how to reach the origin of one request.
 #[derive(Debug, Clone)]
-pub(crate) struct Origin {
+pub(crate) struct Endpoint {
     /// What the dialer dials.
     pub(crate) target: DialTarget,
     /// Which pooled connections fit (includes the TLS identity).
@@ -50,11 +62,16 @@ fn default_port(scheme: Scheme) -> u16 {
     }
 }
 
-impl Origin {
-    /// The origin of `head`: its explicit dial target (VPC Service) or its authority (VPC
-    /// Network). The authority's host gives `Host` and, for https, the SNI (an IP literal
-    /// sends no SNI and is checked against the certificate's IP SANs).
-    pub(crate) fn from_head(head: &HttpRequestHead) -> Result<Self, ProxyErrorReply> {
+impl Endpoint {
+    /// The endpoint of `head` going to `destination`: a VPC Network's target, verified in
+    /// full against the system roots when https; or a VPC Service's host and port for the
+    /// head's scheme, verified as its policy says. The authority's host gives `Host` and, for
+    /// https, the SNI (an IP literal sends no SNI and is checked against the certificate's IP
+    /// SANs).
+    pub(crate) fn new(
+        head: &HttpRequestHead,
+        destination: &Destination,
+    ) -> Result<Self, ProxyErrorReply> {
         let authority: Authority = head
             .authority
             .parse()
@@ -79,9 +96,13 @@ impl Origin {
             },
         };
         let default = default_port(head.scheme);
-        let target = match &head.dial {
-            Some(dial) => dial.clone(),
-            None => DialTarget::new(host.clone(), authority.port_u16().unwrap_or(default)),
+        let (target, mode, ca) = match destination {
+            Destination::Network(target) => (target.clone(), VerifyMode::Full, None),
+            Destination::Service(service) => (
+                service.policy().http_target(head.scheme),
+                VerifyMode::from(service.policy().tls),
+                service.ca().cloned(),
+            ),
         };
         if target.port == 0 {
             return Err(request_error("port 0 is not a valid destination".into()));
@@ -101,8 +122,8 @@ impl Origin {
                         request_error(format!("{name:?} is not a valid TLS server name"))
                     })?,
                 },
-                mode: head.tls.into(),
-                ca_pem: head.ca_pem.as_deref().map(Arc::from),
+                mode,
+                ca,
             }),
         };
         let key = PoolKey {
@@ -111,7 +132,7 @@ impl Origin {
             resolvers: target.resolvers.clone(),
             tls,
         };
-        Ok(Origin {
+        Ok(Endpoint {
             target,
             key,
             host_header,
@@ -125,7 +146,7 @@ impl Origin {
 /// comes with the head).
 pub(crate) fn build_request(
     head: &HttpRequestHead,
-    origin: &Origin,
+    endpoint: &Endpoint,
     body: OriginBody,
     upgrade: bool,
 ) -> Result<Request<OriginBody>, ProxyErrorReply> {
@@ -149,7 +170,7 @@ pub(crate) fn build_request(
     }
     let mut headers = wire_to_headers(&head.headers);
     if !headers.contains_key(HOST) {
-        headers.insert(HOST, origin.host_header.clone());
+        headers.insert(HOST, endpoint.host_header.clone());
     }
     match head.body {
         BodyKind::Length(len) => {
@@ -347,7 +368,7 @@ impl UploadWatch {
 #[cfg(test)]
 mod tests {
     use http_body_util::{Empty, Full};
-    use underpass_proto::{Header, TlsVerification};
+    use underpass_proto::{Header, OriginPolicy, ServiceId, ServiceRef, TlsVerification};
 
     use super::*;
 
@@ -358,70 +379,104 @@ mod tests {
             authority: authority.into(),
             path: "/users?page=2".into(),
             headers: Vec::new(),
-            dial: None,
-            tls: TlsVerification::VerifyFull,
-            ca_pem: None,
+            origin: underpass_proto::Origin::Dial(DialTarget::new(Host::Name("x".into()), 1)),
             body: BodyKind::Empty,
         }
+    }
+
+    /// A VPC Network destination: what the edge puts in the head for this authority.
+    fn network(host: Host, port: u16) -> Destination {
+        Destination::Network(DialTarget::new(host, port))
+    }
+
+    fn service(ca: Option<&str>) -> Destination {
+        Destination::Service(Arc::new(ServiceOrigin::new(OriginPolicy {
+            service: ServiceRef {
+                id: ServiceId([5; 16]),
+                generation: 1,
+            },
+            name: "internal-api".into(),
+            host: Host::Ip("127.0.0.5".parse().unwrap()), // literal
+            resolvers: Vec::new(),
+            http_port: None,
+            https_port: Some(8443),
+            tcp_port: None,
+            tls: TlsVerification::VerifyCa,
+            ca_pem: ca.map(str::to_owned),
+        })))
     }
 
     fn empty() -> OriginBody {
         Empty::new().map_err(|never| match never {}).boxed_unsync()
     }
 
-    #[test]
-    fn network_binding_dials_the_authority() {
-        let origin = Origin::from_head(&head(Scheme::Http, "db.internal")).unwrap();
-        assert_eq!(
-            origin.target,
-            DialTarget::new(Host::Name("db.internal".into()), 80)
-        );
-        assert_eq!(origin.host_header, "db.internal");
-        assert!(origin.key.tls.is_none());
-
-        let origin = Origin::from_head(&head(Scheme::Https, "[::1]:8443")).unwrap();
-        assert_eq!(origin.target.port, 8443);
-        assert_eq!(origin.host_header, "[::1]:8443");
-        let tls = origin.key.tls.unwrap();
-        assert!(matches!(tls.server_name, ServerName::IpAddress(_)));
-
-        let origin = Origin::from_head(&head(Scheme::Https, "API.example:443")).unwrap();
-        assert_eq!(origin.host_header, "API.example");
-        assert_eq!(origin.target.host, Host::Name("api.example".into()));
+    fn any() -> Destination {
+        network(Host::Name("x".into()), 80)
     }
 
     #[test]
-    fn service_binding_dials_the_configured_target() {
-        let mut h = head(Scheme::Https, "internal-api.company.local:9999");
-        h.dial = Some(DialTarget::new(
-            Host::Ip("127.0.0.5".parse().unwrap()),
-            8443,
-        ));
-        let origin = Origin::from_head(&h).unwrap();
-        assert_eq!(origin.target.port, 8443);
-        assert_eq!(origin.host_header, "internal-api.company.local:9999");
-        let tls = origin.key.tls.unwrap();
+    fn network_binding_dials_its_target_with_host_and_sni_from_the_authority() {
+        let name = Host::Name("db.internal".into());
+        let endpoint =
+            Endpoint::new(&head(Scheme::Http, "db.internal"), &network(name, 80)).unwrap();
+        assert_eq!(
+            endpoint.target,
+            DialTarget::new(Host::Name("db.internal".into()), 80)
+        );
+        assert_eq!(endpoint.host_header, "db.internal");
+        assert!(endpoint.key.tls.is_none());
+
+        let v6 = Host::Ip("::1".parse().unwrap()); // literal
+        let endpoint =
+            Endpoint::new(&head(Scheme::Https, "[::1]:8443"), &network(v6, 8443)).unwrap();
+        assert_eq!(endpoint.target.port, 8443);
+        assert_eq!(endpoint.host_header, "[::1]:8443");
+        let tls = endpoint.key.tls.unwrap();
+        assert!(matches!(tls.server_name, ServerName::IpAddress(_)));
+        // A VPC Network is verified in full against the system roots only.
+        assert_eq!((tls.mode, tls.ca), (VerifyMode::Full, None));
+
+        let endpoint = Endpoint::new(&head(Scheme::Https, "API.example:443"), &any()).unwrap();
+        assert_eq!(endpoint.host_header, "API.example");
+    }
+
+    #[test]
+    fn service_binding_dials_the_policy_target() {
+        let h = head(Scheme::Https, "internal-api.company.local:9999");
+        let endpoint = Endpoint::new(&h, &service(Some("PEM"))).unwrap();
+        assert_eq!(endpoint.target.port, 8443);
+        assert_eq!(endpoint.target.host, Host::Ip("127.0.0.5".parse().unwrap()));
+        assert_eq!(endpoint.host_header, "internal-api.company.local:9999");
+        let tls = endpoint.key.tls.unwrap();
         assert_eq!(
             tls.server_name,
             ServerName::try_from("internal-api.company.local").unwrap()
         );
+        assert_eq!(tls.mode, VerifyMode::Ca);
+        assert_eq!(tls.ca.map(|ca| ca.pem().to_owned()).as_deref(), Some("PEM"));
+        // Plain http to the same service: its http_port, or 80.
+        let endpoint = Endpoint::new(&head(Scheme::Http, "internal-api"), &service(None)).unwrap();
+        assert_eq!(endpoint.target.port, 80);
     }
 
     #[test]
     fn bad_heads_are_request_errors() {
-        for authority in ["", "user@host", "[zz::1]", "host:0"] {
-            let err = Origin::from_head(&head(Scheme::Http, authority)).unwrap_err();
+        for authority in ["", "user@host", "[zz::1]", "bad host:x"] {
+            let err = Endpoint::new(&head(Scheme::Http, authority), &any()).unwrap_err();
             assert_eq!(err.status, ProxyStatus::HttpRequestError, "{authority:?}");
         }
-        let origin = Origin::from_head(&head(Scheme::Http, "x")).unwrap();
+        let port_zero = network(Host::Name("host".into()), 0);
+        let err = Endpoint::new(&head(Scheme::Http, "host:0"), &port_zero).unwrap_err();
+        assert_eq!(err.status, ProxyStatus::HttpRequestError);
+        let endpoint = Endpoint::new(&head(Scheme::Http, "x"), &any()).unwrap();
         let mut h = head(Scheme::Http, "x");
         h.path = "no-slash".into();
-        assert!(build_request(&h, &origin, empty(), false).is_err());
+        assert!(build_request(&h, &endpoint, empty(), false).is_err());
         h.path = "/".into();
         h.method = "CONNECT".into();
-        assert!(build_request(&h, &origin, empty(), false).is_err());
+        assert!(build_request(&h, &endpoint, empty(), false).is_err());
         h.method = "GET".into();
-        assert!(build_request(&h, &origin, empty(), true).is_err());
+        assert!(build_request(&h, &endpoint, empty(), true).is_err());
     }
 
     #[test]
@@ -433,18 +488,18 @@ mod tests {
             Header::new("content-length", "999"),
         ];
         h.body = BodyKind::Length(5);
-        let origin = Origin::from_head(&h).unwrap();
+        let endpoint = Endpoint::new(&h, &any()).unwrap();
         let body = Full::new(Bytes::from_static(b"hello"))
             .map_err(|never| match never {})
             .boxed_unsync();
-        let request = build_request(&h, &origin, body, false).unwrap();
+        let request = build_request(&h, &endpoint, body, false).unwrap();
         assert_eq!(request.headers()[HOST], "explicit.example");
         assert_eq!(request.headers()[CONTENT_LENGTH], "5");
         assert_eq!(request.uri(), "/users?page=2");
 
         h.body = BodyKind::Streaming;
         h.headers.clear();
-        let request = build_request(&h, &origin, empty(), false).unwrap();
+        let request = build_request(&h, &endpoint, empty(), false).unwrap();
         assert!(!request.headers().contains_key(CONTENT_LENGTH));
         assert_eq!(request.headers()[HOST], "api.local:8080");
     }
@@ -452,8 +507,8 @@ mod tests {
     #[test]
     fn requests_fit_both_versions_both_ways() {
         let h = head(Scheme::Https, "api.local:8443");
-        let origin = Origin::from_head(&h).unwrap();
-        let mut request = build_request(&h, &origin, empty(), false).unwrap();
+        let endpoint = Endpoint::new(&h, &any()).unwrap();
+        let mut request = build_request(&h, &endpoint, empty(), false).unwrap();
         fit_version(&mut request, true, Scheme::Https);
         assert_eq!(request.uri(), "https://api.local:8443/users?page=2");
         assert!(!request.headers().contains_key(HOST));

@@ -2,13 +2,16 @@
 //! and ALPN offer (built once, then cached), the chain-only verifier behind `verify_ca`, and
 //! the mapping of handshake failures to Proxy-Status error types.
 //!
-//! Trust anchors are the host's system store (rustls-native-certs, loaded once) plus the
-//! service's CA bundle when it has one: private origins are usually signed by a company CA
-//! that is either installed on the host or given to the service.
+//! Trust anchors are the host's system store plus the service's CA bundle when it has one:
+//! private origins are usually signed by a company CA that is either installed on the host or
+//! given to the service. The system store (rustls-native-certs: files read from disk) is
+//! loaded once, on a blocking thread, the first time a configuration needs it. A CA bundle is
+//! parsed once per distinct bundle: the cache is keyed by the bundle's digest, so a 512 KiB
+//! bundle costs nothing per request.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -17,9 +20,12 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tracing::warn;
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
 use underpass_proto::{ProxyErrorReply, ProxyStatus, TlsVerification};
 use underpass_transport::tls::{provider, NoVerifier};
+
+use crate::policy::CaBundle;
 
 /// ALPN offer when HTTP/2 is allowed: h2 first, HTTP/1.1 as the fallback.
 const ALPN_H2: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -53,7 +59,7 @@ impl From<TlsVerification> for VerifyMode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ConfigKey {
     mode: VerifyMode,
-    ca_pem: Option<Arc<str>>,
+    ca: Option<CaBundle>,
     http2: bool,
 }
 
@@ -61,27 +67,31 @@ struct ConfigKey {
 #[derive(Default)]
 pub(crate) struct TlsConfigs {
     cache: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
-    system_roots: OnceLock<Arc<Vec<CertificateDer<'static>>>>,
+    system_roots: OnceCell<Arc<Vec<CertificateDer<'static>>>>,
 }
 
 impl TlsConfigs {
     /// The configuration for this mode and CA bundle, offering h2 in ALPN if `http2`.
-    pub(crate) fn config(
+    pub(crate) async fn config(
         &self,
         mode: VerifyMode,
-        ca_pem: Option<&Arc<str>>,
+        ca: Option<&CaBundle>,
         http2: bool,
     ) -> Result<Arc<ClientConfig>, ProxyErrorReply> {
         let key = ConfigKey {
             mode,
             // The CA bundle only matters when something is verified.
-            ca_pem: ca_pem.filter(|_| mode != VerifyMode::Disabled).cloned(),
+            ca: ca.filter(|_| mode != VerifyMode::Disabled).cloned(),
             http2,
         };
         if let Some(config) = self.lock().get(&key) {
             return Ok(config.clone());
         }
-        let config = Arc::new(self.build(&key)?);
+        let system_roots = match mode {
+            VerifyMode::Disabled => Arc::default(),
+            VerifyMode::Full | VerifyMode::Ca => self.system_roots().await,
+        };
+        let config = Arc::new(build(&key, &system_roots)?);
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED_CONFIGS {
             cache.clear();
@@ -95,68 +105,90 @@ impl TlsConfigs {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn build(&self, key: &ConfigKey) -> Result<ClientConfig, ProxyErrorReply> {
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| internal(format!("TLS versions unavailable: {e}")))?;
-        let mut config = match key.mode {
-            VerifyMode::Disabled => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerifier(provider())))
-                .with_no_client_auth(),
-            VerifyMode::Full | VerifyMode::Ca => {
-                let roots = self.roots(key.ca_pem.as_deref())?;
-                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                    .build()
-                    .map_err(|e| ProxyErrorReply {
-                        status: ProxyStatus::TlsCertificateError,
-                        details: format!(
-                            "no trust anchors to verify the origin (system store and CA \
-                                 bundle): {e}"
-                        ),
-                    })?;
-                if key.mode == VerifyMode::Full {
-                    builder.with_webpki_verifier(webpki).with_no_client_auth()
-                } else {
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
-                        .with_no_client_auth()
-                }
-            }
-        };
-        let alpn: &[&[u8]] = if key.http2 { &ALPN_H2 } else { &ALPN_H1 };
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(config)
-    }
-
-    /// System roots plus the certificates of `ca_pem`.
-    fn roots(&self, ca_pem: Option<&str>) -> Result<Arc<RootCertStore>, ProxyErrorReply> {
-        let mut roots = RootCertStore::empty();
-        roots.add_parsable_certificates(self.system_roots().iter().cloned());
-        if let Some(pem) = ca_pem {
-            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad_bundle(e.to_string()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(bad_bundle("it holds no usable CA certificate".into()));
-            }
-        }
-        Ok(Arc::new(roots))
-    }
-
-    fn system_roots(&self) -> Arc<Vec<CertificateDer<'static>>> {
+    /// The system's trust store, read from disk once on a blocking thread (never on the
+    /// runtime's threads).
+    async fn system_roots(&self) -> Arc<Vec<CertificateDer<'static>>> {
         self.system_roots
-            .get_or_init(|| {
-                let loaded = rustls_native_certs::load_native_certs();
-                for error in &loaded.errors {
-                    warn!(%error, "problem loading a system root certificate");
+            .get_or_init(|| async {
+                let loaded =
+                    tokio::task::spawn_blocking(rustls_native_certs::load_native_certs).await;
+                match loaded {
+                    Ok(loaded) => {
+                        for error in &loaded.errors {
+                            warn!(%error, "problem loading a system root certificate");
+                        }
+                        debug!(
+                            roots = loaded.certs.len(),
+                            "system root certificates loaded"
+                        );
+                        Arc::new(loaded.certs)
+                    }
+                    Err(error) => {
+                        warn!(%error, "loading the system root certificates failed");
+                        Arc::default()
+                    }
                 }
-                Arc::new(loaded.certs)
             })
+            .await
             .clone()
     }
+}
+
+fn build(
+    key: &ConfigKey,
+    system_roots: &[CertificateDer<'static>],
+) -> Result<ClientConfig, ProxyErrorReply> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| internal(format!("TLS versions unavailable: {e}")))?;
+    let mut config = match key.mode {
+        VerifyMode::Disabled => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider())))
+            .with_no_client_auth(),
+        VerifyMode::Full | VerifyMode::Ca => {
+            let roots = roots(system_roots, key.ca.as_ref())?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| ProxyErrorReply {
+                    status: ProxyStatus::TlsCertificateError,
+                    details: format!(
+                        "no trust anchors to verify the origin (system store and CA \
+                                 bundle): {e}"
+                    ),
+                })?;
+            if key.mode == VerifyMode::Full {
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                    .with_no_client_auth()
+            }
+        }
+    };
+    let alpn: &[&[u8]] = if key.http2 { &ALPN_H2 } else { &ALPN_H1 };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// System roots plus the certificates of the CA bundle.
+fn roots(
+    system_roots: &[CertificateDer<'static>],
+    ca: Option<&CaBundle>,
+) -> Result<Arc<RootCertStore>, ProxyErrorReply> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(system_roots.iter().cloned());
+    if let Some(ca) = ca {
+        let certs = CertificateDer::pem_slice_iter(ca.pem().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad_bundle(e.to_string()))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(bad_bundle("it holds no usable CA certificate".into()));
+        }
+    }
+    Ok(Arc::new(roots))
 }
 
 fn bad_bundle(detail: String) -> ProxyErrorReply {
@@ -270,30 +302,64 @@ impl ServerCertVerifier for ChainOnly {
 mod tests {
     use super::*;
 
-    #[test]
-    fn configs_are_cached_per_mode_bundle_and_alpn() {
+    #[tokio::test]
+    async fn configs_are_cached_per_mode_bundle_and_alpn() {
         let configs = TlsConfigs::default();
-        let a = configs.config(VerifyMode::Disabled, None, false).unwrap();
-        let b = configs.config(VerifyMode::Disabled, None, false).unwrap();
+        let a = configs
+            .config(VerifyMode::Disabled, None, false)
+            .await
+            .unwrap();
+        let b = configs
+            .config(VerifyMode::Disabled, None, false)
+            .await
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let h2 = configs.config(VerifyMode::Disabled, None, true).unwrap();
+        let h2 = configs
+            .config(VerifyMode::Disabled, None, true)
+            .await
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &h2));
         assert_eq!(h2.alpn_protocols[0], b"h2");
         assert_eq!(a.alpn_protocols, vec![b"http/1.1".to_vec()]);
         // A CA bundle is irrelevant when nothing is verified.
-        let junk: Arc<str> = Arc::from("junk");
+        let junk = CaBundle::new("junk".into());
         let c = configs
             .config(VerifyMode::Disabled, Some(&junk), false)
+            .await
             .unwrap();
         assert!(Arc::ptr_eq(&a, &c));
     }
 
-    #[test]
-    fn an_unusable_bundle_is_a_certificate_error() {
+    #[tokio::test]
+    async fn a_bundle_is_parsed_once_whatever_its_size() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        // About 512 KiB of certificates.
+        let bundle = pem.repeat(512 * 1024 / pem.len() + 1);
+        assert!(bundle.len() >= 512 * 1024);
         let configs = TlsConfigs::default();
-        let junk: Arc<str> = Arc::from("no certificates here");
+        let first = configs
+            .config(VerifyMode::Ca, Some(&CaBundle::new(bundle.clone())), false)
+            .await
+            .unwrap();
+        // The same text arriving again (another policy, another connection) hits the cache.
+        let again = configs
+            .config(VerifyMode::Ca, Some(&CaBundle::new(bundle)), false)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(configs.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_bundle_is_a_certificate_error() {
+        let configs = TlsConfigs::default();
+        let junk = CaBundle::new("no certificates here".into());
         let err = configs
             .config(VerifyMode::Ca, Some(&junk), false)
+            .await
             .unwrap_err();
         assert_eq!(err.status, ProxyStatus::TlsCertificateError);
         assert!(err.details.contains("CA bundle"), "{}", err.details);

@@ -17,7 +17,7 @@ use underpass_proto::{
 };
 use underpass_transport::{RecvStream, SendStream, StreamError};
 
-use super::target::{self, Origin, UploadWatch};
+use super::target::{self, Endpoint, UploadWatch};
 use super::{refuse, Failure, HeadError, OriginClient};
 use crate::dial::Dialer;
 
@@ -29,7 +29,7 @@ const SPLICE_READ: usize = 64 * 1024;
 pub(super) async fn serve<S: SendStream, R: RecvStream>(
     client: &OriginClient,
     dialer: &Dialer,
-    origin: &Origin,
+    origin: &Endpoint,
     head: &HttpRequestHead,
     mut send: S,
     recv: Buffered<R>,

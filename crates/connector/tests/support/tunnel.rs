@@ -1,109 +1,109 @@
-//! Harness for the origin-client tests: a real QUIC connection on loopback between a test
-//! "edge" and the connector side, where every stream the edge opens is served by an
-//! [`OriginClient`] through a real [`Dialer`].
+//! A registered connector and the edge's end of its connection, for exchanges: every stream
+//! the test opens goes through the real connector (stream dispatch, policy store, route
+//! check, dialer, origin client). Routes: all of 127.0.0.0/8, every port, no deny list.
 
-#![allow(dead_code)]
-
-pub mod origins;
-pub mod pki;
-
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use underpass_connector::config::DnsSettings;
-use underpass_connector::origin::{OriginClient, OriginSettings};
-use underpass_connector::Dialer;
-use underpass_mux::{accept_stream, open_http, Buffered, FrameReader};
+use tokio::sync::Mutex;
+use underpass_connector::{Connector, ConnectorConfigBuilder, ConnectorHandle};
+use underpass_mux::{open_http, Buffered, ControlChannel, FrameReader};
+use underpass_proto::authority::parse_authority;
 use underpass_proto::{
-    BodyKind, Header, HttpRequestHead, HttpResponseHead, ProxyErrorReply, Scheme, StreamHeader,
-    StreamReply, TlsVerification,
+    BodyKind, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead, Origin, OriginPolicy,
+    ProxyErrorReply, Scheme, ServiceRef, StreamReply, TlsVerification,
 };
-use underpass_routes::{PortSet, RouteTable};
-use underpass_transport::quic::{
-    QuicConnection, QuicDialer, QuicListener, QuicRecv, QuicSend, QuicSettings, ALPN,
-};
-use underpass_transport::tls::{self, DevPki, EdgeVerification};
-use underpass_transport::{RecvStream, SendStream, StreamError};
+use underpass_transport::{AnyConnection, AnyRecv, AnySend, RecvStream, SendStream, StreamError};
+
+use super::edge::{self, TestEdge};
+use super::origins;
 
 /// Guard against hangs; never what decides a test.
 pub const LIMIT: Duration = Duration::from_secs(10);
 
-/// A real dialer whose routes allow all of 127.0.0.0/8, every port, with no deny list.
-/// Names are never resolved by these tests (services are dialed by address).
-pub fn dialer() -> Dialer {
-    let mut routes = RouteTable::new();
-    routes.insert_cidr("127.0.0.0/8".parse().expect("CIDR"), PortSet::all(), ());
-    routes.set_deny_list(Vec::new());
-    let dns = DnsSettings {
-        resolvers: vec!["127.0.0.1:53".parse().expect("address")],
-        timeout: Duration::from_secs(2),
-    };
-    Dialer::new(routes, &dns, Duration::from_secs(5)).expect("dialer")
-}
-
-/// The edge's end of a QUIC connection whose connector end serves every stream with an
-/// [`OriginClient`].
+/// The edge's end of a registered connector's connection.
 pub struct Tunnel {
-    edge: QuicConnection,
-    connector: QuicConnection,
-    _listener: QuicListener,
-    _dialer: QuicDialer,
+    conn: AnyConnection,
+    control: Mutex<ControlChannel<AnySend, AnyRecv>>,
+    next_service: AtomicU8,
+    connector: Option<ConnectorHandle>,
+    _edge: TestEdge,
 }
 
 impl Tunnel {
-    /// Connect, and serve streams with a client using `settings`.
-    pub async fn start(settings: OriginSettings) -> Tunnel {
-        let pki = DevPki::generate(&["underpass-edge".to_owned()]).expect("dev PKI");
-        let server = tls::server_config(pki.chain_pem.as_bytes(), pki.key_pem.as_bytes(), &[ALPN])
-            .expect("server config");
-        let quic = QuicSettings::default();
-        let listener = QuicListener::bind(
-            "127.0.0.1:0".parse().expect("addr"),
-            Arc::new(server),
-            &quic,
-        )
-        .expect("bind QUIC");
-        let client =
-            tls::client_config(&EdgeVerification::Pin(pki.ca_pin), &[ALPN]).expect("client");
-        let quic_dialer = QuicDialer::new(
-            Arc::new(client),
-            &quic,
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .expect("QUIC dialer");
-        let (connector, edge) = tokio::join!(
-            quic_dialer.connect(listener.local_addr(), "underpass-edge"),
-            listener.accept()
-        );
-        let connector = connector.expect("QUIC connect");
-        let edge = edge.expect("QUIC accept");
-        let served = connector.clone();
-        let client = Arc::new(OriginClient::new(settings));
-        let dialer = Arc::new(dialer());
-        tokio::spawn(async move {
-            while let Ok(mut incoming) = accept_stream(&served).await {
-                let (client, dialer) = (client.clone(), dialer.clone());
-                tokio::spawn(async move {
-                    let Ok(StreamHeader::Http(head)) = incoming.header(LIMIT).await else {
-                        return;
-                    };
-                    let (send, body) = incoming.into_parts();
-                    client.serve(&dialer, head, send, body).await;
-                });
-            }
-        });
+    /// A connector with the default settings.
+    pub async fn start() -> Tunnel {
+        Tunnel::with(|config| config).await
+    }
+
+    /// A connector whose configuration `configure` adjusts (`origin_http2`, timeouts).
+    pub async fn with(
+        configure: impl FnOnce(ConnectorConfigBuilder) -> ConnectorConfigBuilder,
+    ) -> Tunnel {
+        let edge = TestEdge::start();
+        let config = configure(edge.bare_config().route("127.0.0.0/8").deny(&[] as &[&str]))
+            .build()
+            .expect("valid connector config");
+        let connector = Connector::start(config).expect("connector starts");
+        let registration = edge.accept(1, 0).await.expect("registration");
         Tunnel {
-            edge,
-            connector,
-            _listener: listener,
-            _dialer: quic_dialer,
+            conn: registration.conn,
+            control: Mutex::new(registration.control),
+            next_service: AtomicU8::new(1),
+            connector: Some(connector),
+            _edge: edge,
         }
+    }
+
+    /// The edge's end of the connection.
+    pub fn conn(&self) -> &AnyConnection {
+        &self.conn
+    }
+
+    /// Send `policy` to the connector, after giving it a service id of its own; returns the
+    /// reference a stream names it by.
+    pub async fn service(&self, mut policy: OriginPolicy) -> ServiceRef {
+        let n = self.next_service.fetch_add(1, Ordering::Relaxed);
+        policy.service.id.0 = [n; 16];
+        policy.name = format!("service-{n}");
+        self.send_policy(&policy).await;
+        policy.service
+    }
+
+    /// Send `policy` as it is.
+    pub async fn send_policy(&self, policy: &OriginPolicy) {
+        let mut control = self.control.lock().await;
+        edge::send_policy(&mut control, policy)
+            .await
+            .expect("send the policy");
+    }
+
+    /// A VPC Service head for `https://<url_host>/hello` whose policy dials `origin` over
+    /// TLS with `tls` and `ca_pem`.
+    pub async fn https_service(
+        &self,
+        url_host: &str,
+        origin: SocketAddr,
+        tls: TlsVerification,
+        ca_pem: Option<&str>,
+    ) -> HttpRequestHead {
+        let policy = OriginPolicy {
+            tls,
+            ca_pem: ca_pem.map(str::to_owned),
+            ..edge::http_service(0, 1, origin)
+        };
+        let service = self.service(policy).await;
+        let mut head = get(url_host, "/hello");
+        head.scheme = Scheme::Https;
+        head.origin = Origin::Service(service);
+        head
     }
 
     /// Open an exchange: the head is sent; the body is up to the caller.
     pub async fn open(&self, head: HttpRequestHead) -> Exchange {
-        let (send, reader) = open_http(&self.edge, head).await.expect("open stream");
+        let (send, reader) = open_http(&self.conn, head).await.expect("open stream");
         Exchange {
             send,
             reader: Some(reader),
@@ -129,13 +129,20 @@ impl Tunnel {
         };
         Fetched { reply, body }
     }
+
+    /// Shut the connector down (drain, close) and wait for it.
+    pub async fn shutdown(mut self) {
+        if let Some(connector) = self.connector.take() {
+            connector.shutdown().await.expect("clean shutdown");
+        }
+    }
 }
 
 /// The edge's side of one exchange.
 pub struct Exchange {
     /// Request body towards the connector.
-    pub send: QuicSend,
-    reader: Option<FrameReader<QuicRecv>>,
+    pub send: AnySend,
+    reader: Option<FrameReader<AnyRecv>>,
 }
 
 impl Exchange {
@@ -150,7 +157,7 @@ impl Exchange {
     }
 
     /// The response body, after the reply.
-    pub fn body(&mut self) -> Buffered<QuicRecv> {
+    pub fn body(&mut self) -> Buffered<AnyRecv> {
         self.reader.take().expect("body taken once").into_body()
     }
 
@@ -211,17 +218,22 @@ impl Fetched {
     }
 }
 
-/// A GET for `http://<authority><path>` (VPC Network semantics: the authority is dialed).
+/// A GET for `http://<authority><path>` (VPC Network semantics: the edge dials the
+/// authority, so the head's target is the authority; one that does not parse becomes a name
+/// on port 80, for the connector to refuse).
 pub fn get(authority: impl Into<String>, path: &str) -> HttpRequestHead {
+    let authority = authority.into();
+    let target = match parse_authority(&authority) {
+        Ok((host, port)) => DialTarget::new(host, port),
+        Err(_) => DialTarget::new(Host::Name(authority.clone()), 80),
+    };
     HttpRequestHead {
         method: "GET".into(),
         scheme: Scheme::Http,
-        authority: authority.into(),
+        authority,
         path: path.into(),
         headers: Vec::new(),
-        dial: None,
-        tls: TlsVerification::VerifyFull,
-        ca_pem: None,
+        origin: Origin::Dial(target),
         body: BodyKind::Empty,
     }
 }

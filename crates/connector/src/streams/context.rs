@@ -1,0 +1,107 @@
+//! What the streams of every connection share ([`StreamContext`]), and the steps every kind
+//! of stream takes: waiting for a service's policy, refusing with a Proxy-Status error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::debug;
+use underpass_mux::{write_frame, IncomingStream};
+use underpass_proto::{ProxyErrorReply, ProxyStatus, ServiceRef, StreamReply, RESET_CANCELLED};
+use underpass_rt::Shutdown;
+use underpass_transport::{Connection, SendStream};
+
+use crate::config::ConnectorConfig;
+use crate::dial::Dialer;
+use crate::origin::{OriginClient, OriginSettings};
+use crate::policy::{Policies, ServiceOrigin};
+use crate::resolve::SystemDnsError;
+
+/// How long the origin client's connections get to end after the last stream, when the
+/// connector stops.
+const ORIGIN_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What the streams of every connection share.
+pub(crate) struct StreamContext {
+    /// Route check, resolution, dialing.
+    pub(super) dialer: Dialer,
+    /// The pooled HTTP client towards origins.
+    pub(super) origin: OriginClient,
+    /// How long the edge has to send a stream's header (and a stream waits for its policy).
+    pub(super) header_timeout: Duration,
+    /// The per-connection stream limit.
+    pub(super) max_streams: usize,
+}
+
+impl StreamContext {
+    /// The route table, resolver and origin client `config` describes; origin connections
+    /// run in `origin_tasks`.
+    pub(crate) fn new(
+        config: &ConnectorConfig,
+        origin_tasks: Shutdown,
+    ) -> Result<Self, SystemDnsError> {
+        let origin = OriginClient::new(
+            OriginSettings {
+                tls_handshake_timeout: config.timeouts.tls_handshake,
+                response_header_timeout: config.timeouts.response_header,
+                pool_idle_timeout: config.timeouts.origin_idle,
+                http2: config.timeouts.origin_http2,
+                ..OriginSettings::default()
+            },
+            origin_tasks,
+        );
+        Ok(StreamContext {
+            dialer: Dialer::from_config(config)?,
+            origin,
+            header_timeout: config.timeouts.header,
+            max_streams: config.max_streams,
+        })
+    }
+
+    /// Close the origin connections, once no stream is left.
+    pub(crate) async fn close(&self) {
+        self.origin.close(ORIGIN_CLOSE_GRACE).await;
+    }
+}
+
+/// The policy of the service a stream names, waiting for it up to the header timeout (see
+/// [`Policies::wait`]). `Err(None)`: the edge abandoned the stream meanwhile.
+pub(super) async fn service_policy<S: SendStream>(
+    send: &mut S,
+    policies: &Policies,
+    service: ServiceRef,
+    context: &StreamContext,
+) -> Result<Arc<ServiceOrigin>, Option<ProxyErrorReply>> {
+    let started = Instant::now();
+    let policy = tokio::select! {
+        policy = policies.wait(service, context.header_timeout) => policy,
+        _ = send.stopped() => {
+            debug!("edge abandoned the stream while it waited for its service policy");
+            return Err(None);
+        }
+    };
+    let waited = started.elapsed();
+    if waited > Duration::from_millis(1) {
+        debug!(
+            waited_ms = waited.as_millis() as u64,
+            "waited for the service policy"
+        );
+    }
+    policy.map_err(Some)
+}
+
+/// Answer with a Proxy-Status error, finish our side, and stop reading the edge's side.
+pub(super) async fn refuse<C: Connection>(
+    mut incoming: IncomingStream<C>,
+    status: ProxyStatus,
+    details: String,
+) {
+    let reply = StreamReply::Error(ProxyErrorReply { status, details });
+    if let Err(error) = write_frame(&mut incoming.send, &reply).await {
+        debug!(%error, "could not send the refusal");
+        return;
+    }
+    // Already reset by the peer: nothing more to finish.
+    let _ = incoming.send.finish();
+    incoming.reader.stop(RESET_CANCELLED);
+}
