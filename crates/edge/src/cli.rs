@@ -1,24 +1,22 @@
-//! The `underpass-edge` command line. `main.rs` parses [`Cli`] and calls [`run`].
+//! The `underpass-edge` command line. `main.rs` calls [`main`].
 //!
 //! Only a `tunnel create` / `tunnel token` token goes to stdout (and the `tunnel list` table),
 //! so `TOKEN=$(underpass-edge tunnel create NAME)` works; hints and logs go to stderr.
+//!
+//! Exit status: 0 on success (`--help` and `--version` included), 64 (EX_USAGE) for a bad
+//! command line or configuration, 1 for anything else.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use underpass_rt::{EX_FAILURE, EX_USAGE};
 
 use crate::config::EdgeConfig;
+use crate::start::{token_addresses, EdgeError};
 use crate::state::Pki;
 use crate::tunnels::{Tunnel, TunnelStore};
-use crate::{token_addresses, EdgeError};
-
-/// Exit status for a bad command line or configuration (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
-/// Exit status for any other failure.
-pub const EXIT_FAILURE: u8 = 1;
 
 /// The Underpass edge: accepts connectors, serves bindings as HTTP forward proxies.
 #[derive(Debug, Parser)]
@@ -64,22 +62,39 @@ pub enum TunnelCommand {
     },
 }
 
+/// Parse the process's command line and run it; returns the process exit status. A bad
+/// command line exits 64 (EX_USAGE), as a bad configuration does; `--help` and `--version`
+/// print and exit 0.
+pub fn main() -> ExitCode {
+    match Cli::try_parse() {
+        Ok(cli) => run(cli),
+        Err(error) => {
+            // clap writes help and version to stdout, errors to stderr.
+            let _ = error.print();
+            match error.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EX_USAGE),
+            }
+        }
+    }
+}
+
 /// Run a parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
     // A one-shot command only reports problems; its own output says what it did.
-    init_tracing(match cli.command {
+    underpass_rt::init_tracing(match cli.command {
         Command::Serve => "info",
         _ => "warn",
     });
     let Some(path) = cli.config.as_deref() else {
         eprintln!("error: --config FILE is required (or set UNDERPASS_EDGE_CONFIG)");
-        return ExitCode::from(EXIT_USAGE);
+        return ExitCode::from(EX_USAGE);
     };
     let config = match EdgeConfig::load(path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(EX_USAGE);
         }
     };
     let result = match cli.command {
@@ -101,8 +116,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(error) => {
             eprintln!("error: {error}");
             match error {
-                EdgeError::Config(_) | EdgeError::NoPublicAddress(_) => ExitCode::from(EXIT_USAGE),
-                _ => ExitCode::from(EXIT_FAILURE),
+                EdgeError::Config(_) | EdgeError::NoPublicAddress(_) => ExitCode::from(EX_USAGE),
+                _ => ExitCode::from(EX_FAILURE),
             }
         }
     }
@@ -110,25 +125,11 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn serve(config: EdgeConfig) -> Result<(), EdgeError> {
     let runtime =
-        underpass_transport::runtime(config.runtime.worker_threads).map_err(EdgeError::Runtime)?;
-    runtime.block_on(crate::serve(config, shutdown_signal()))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the edge");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+        underpass_rt::runtime(config.runtime.worker_threads).map_err(EdgeError::Runtime)?;
+    runtime.block_on(crate::start::serve(
+        config,
+        underpass_rt::terminate_signal(),
+    ))
 }
 
 fn tunnel(command: TunnelCommand, config: &EdgeConfig, path: &Path) -> Result<(), EdgeError> {
@@ -197,17 +198,6 @@ fn utc_date(secs: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `default_level`), colored on a terminal.
-fn init_tracing(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 #[cfg(test)]

@@ -1,343 +1,168 @@
-//! The validated directory: what each binding serves, with every reference resolved and
-//! every service's CA bundle read. Built from an [`EdgeConfig`] by
-//! [`EdgeConfig::directory`].
+//! Where the directory comes from. A [`DirectoryStore`] publishes the current [`Directory`] as
+//! a live snapshot (`watch<Arc<Directory>>`): the binding front reads it on every request and
+//! each connector connection re-sends the origin policies that changed.
+//!
+//! The configuration file is the one store today ([`ConfigDirectory`]): its directory is read
+//! once, at start. A store that changes at run time publishes a new snapshot with
+//! [`ConfigDirectory::publish`], which also numbers policy generations: a service keeps its
+//! generation while its policy is unchanged and gets a higher one whenever it changes (or
+//! comes back after being removed), so generations only grow for the life of the store.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::path::Path;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use underpass_proto::{DialTarget, Host, Scheme, TlsVerification};
+use tokio::sync::watch;
+use underpass_proto::ServiceId;
 
-use crate::config::{
-    check_name, check_tunnel_ref, invalid, BindingMode, ConfigError, EdgeConfig, NetworkConfig,
-    ServiceConfig, ServiceKind, ServiceTls,
-};
+use crate::model::{BindingTarget, Directory, Service};
 
-/// The validated directory: what each binding serves.
-#[derive(Debug, Clone)]
-pub struct Directory {
-    /// The bindings, in config order.
-    pub bindings: Vec<Binding>,
+/// A source of the directory.
+pub(crate) trait DirectoryStore: Send + Sync + 'static {
+    /// The current directory, and every later one.
+    fn subscribe(&self) -> watch::Receiver<Arc<Directory>>;
 }
 
-impl Directory {
-    /// Check names and references of the networks, services and bindings of `config`.
-    pub(crate) fn build(config: &EdgeConfig) -> Result<Directory, ConfigError> {
-        let mut names = HashSet::new();
-        for network in &config.networks {
-            check_name("network", &network.name, &mut names)?;
-            check_tunnel_ref(&format!("network {:?}", network.name), &network.tunnel)?;
-        }
-        let mut services = Vec::with_capacity(config.services.len());
-        let mut names = HashSet::new();
-        for service in &config.services {
-            check_name("service", &service.name, &mut names)?;
-            services.push(ResolvedService::from_config(service)?);
-        }
-        let mut bindings = Vec::with_capacity(config.bindings.len());
-        let mut names = HashSet::new();
-        let mut listens = HashSet::new();
-        for binding in &config.bindings {
-            check_name("binding", &binding.name, &mut names)?;
-            if binding.listen.port() != 0 && !listens.insert(binding.listen) {
-                return Err(invalid(format!(
-                    "binding {:?}: listen address {} is used by another binding",
-                    binding.name, binding.listen
-                )));
-            }
-            let target = match (&binding.network, &binding.service) {
-                (Some(network), None) => {
-                    let found = config.networks.iter().find(|n| &n.name == network);
-                    let Some(found) = found else {
-                        return Err(invalid(format!(
-                            "binding {:?}: no [[network]] named {network:?}",
-                            binding.name
-                        )));
-                    };
-                    BindingTarget::Network(found.clone())
-                }
-                (None, Some(service)) => {
-                    let found = services.iter().find(|s| &s.name == service);
-                    let Some(found) = found else {
-                        return Err(invalid(format!(
-                            "binding {:?}: no [[service]] named {service:?}",
-                            binding.name
-                        )));
-                    };
-                    BindingTarget::Service(found.clone())
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "binding {:?}: set exactly one of `network` and `service`",
-                        binding.name
-                    )))
-                }
-            };
-            if binding.mode == BindingMode::Tcp {
-                let tcp_service = matches!(
-                    &target,
-                    BindingTarget::Service(service) if matches!(service.ports, ServicePorts::Tcp(_))
-                );
-                if !tcp_service {
-                    return Err(invalid(format!(
-                        "binding {:?}: mode = \"tcp\" needs a service of type = \"tcp\" \
-                         (a plain TCP port forwards to one fixed destination)",
-                        binding.name
-                    )));
-                }
-            }
-            bindings.push(Binding {
-                name: binding.name.clone(),
-                listen: binding.listen,
-                mode: binding.mode,
-                target,
-            });
-        }
-        Ok(Directory { bindings })
-    }
+/// The directory of the configuration file.
+#[derive(Debug)]
+pub(crate) struct ConfigDirectory {
+    current: watch::Sender<Arc<Directory>>,
+    /// The highest generation each service id ever had, removed services included.
+    generations: Mutex<HashMap<ServiceId, u64>>,
 }
 
-/// A validated binding.
-#[derive(Debug, Clone)]
-pub struct Binding {
-    /// The binding's name.
-    pub name: String,
-    /// The address to listen on.
-    pub listen: SocketAddr,
-    /// What the listener speaks.
-    pub mode: BindingMode,
-    /// What it serves.
-    pub target: BindingTarget,
-}
-
-/// What a binding serves.
-#[derive(Debug, Clone)]
-pub enum BindingTarget {
-    /// A VPC Network: the client's address is the destination.
-    Network(NetworkConfig),
-    /// A VPC Service: the service's configured host is always the destination.
-    Service(ResolvedService),
-}
-
-impl BindingTarget {
-    /// The tunnel reference (name or id) of the network or service.
-    pub fn tunnel(&self) -> &str {
-        match self {
-            BindingTarget::Network(network) => &network.tunnel,
-            BindingTarget::Service(service) => &service.tunnel,
-        }
-    }
-}
-
-/// A validated service with its CA bundle read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedService {
-    /// The service's name.
-    pub name: String,
-    /// The tunnel reference (name or id).
-    pub tunnel: String,
-    /// What it carries and on which ports.
-    pub ports: ServicePorts,
-    /// The host to dial.
-    pub host: Host,
-    /// DNS servers for a hostname host (empty: the connector's own).
-    pub resolvers: Vec<SocketAddr>,
-    /// Origin certificate verification.
-    pub tls: TlsVerification,
-    /// Extra trust anchors (PEM) from `tls.ca_file`.
-    pub ca_pem: Option<String>,
-}
-
-/// A service's kind with its effective ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServicePorts {
-    /// A TCP service on this port.
-    Tcp(u16),
-    /// An HTTP service. `None` for a scheme means that scheme is not offered: setting only
-    /// one of `http_port` / `https_port` forces that scheme.
-    Http {
-        /// Port for plain HTTP.
-        http: Option<u16>,
-        /// Port for HTTPS.
-        https: Option<u16>,
-    },
-}
-
-impl ResolvedService {
-    fn from_config(config: &ServiceConfig) -> Result<Self, ConfigError> {
-        let name = &config.name;
-        check_tunnel_ref(&format!("service {name:?}"), &config.tunnel)?;
-        config.host.validate(name)?;
-        let no_zero = |key: &str, port: Option<u16>| match port {
-            Some(0) => Err(invalid(format!("service {name:?}: {key} must be 1-65535"))),
-            _ => Ok(()),
+impl ConfigDirectory {
+    /// A store publishing `directory` (every service at generation 1).
+    pub(crate) fn new(directory: Directory) -> Self {
+        let store = ConfigDirectory {
+            current: watch::Sender::new(Arc::new(Directory::default())),
+            generations: Mutex::new(HashMap::new()),
         };
-        no_zero("tcp_port", config.tcp_port)?;
-        no_zero("http_port", config.http_port)?;
-        no_zero("https_port", config.https_port)?;
-        let ports = match config.kind {
-            ServiceKind::Tcp => {
-                if config.http_port.is_some() || config.https_port.is_some() {
-                    return Err(invalid(format!(
-                        "service {name:?}: a tcp service takes tcp_port, not http_port/https_port"
-                    )));
-                }
-                if config.tls != ServiceTls::default() {
-                    return Err(invalid(format!(
-                        "service {name:?}: tls settings apply to http services only"
-                    )));
-                }
-                let Some(port) = config.tcp_port else {
-                    return Err(invalid(format!(
-                        "service {name:?}: a tcp service needs tcp_port"
-                    )));
+        store.publish(directory);
+        store
+    }
+
+    /// Replace the directory. Generations are renumbered against the current snapshot: an
+    /// unchanged service keeps its generation, a changed or new one gets its highest so far
+    /// plus one.
+    pub(crate) fn publish(&self, directory: Directory) {
+        let previous = self.current.borrow().clone();
+        // Every critical section leaves the map consistent, so a poisoned lock is usable.
+        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        let services: Vec<Arc<Service>> = directory
+            .services
+            .iter()
+            .map(|service| {
+                let generation = match previous.service(service.id) {
+                    Some(old) if old.same_policy(service) => old.generation,
+                    _ => generations.get(&service.id).copied().unwrap_or(0) + 1,
                 };
-                ServicePorts::Tcp(port)
-            }
-            ServiceKind::Http => {
-                if config.tcp_port.is_some() {
-                    return Err(invalid(format!(
-                        "service {name:?}: an http service takes http_port/https_port, not tcp_port"
-                    )));
+                generations.insert(service.id, generation);
+                Arc::new(Service {
+                    generation,
+                    ..(**service).clone()
+                })
+            })
+            .collect();
+        drop(generations);
+        let bindings = directory
+            .bindings
+            .iter()
+            .map(|binding| match &binding.target {
+                BindingTarget::Service(service) => {
+                    // A binding's service is one of the directory's (checked by the
+                    // conversion); keep the binding as it is otherwise.
+                    match services.iter().find(|s| s.id == service.id) {
+                        Some(renumbered) => Arc::new(crate::model::Binding {
+                            target: BindingTarget::Service(renumbered.clone()),
+                            ..(**binding).clone()
+                        }),
+                        None => binding.clone(),
+                    }
                 }
-                match (config.http_port, config.https_port) {
-                    (None, None) => ServicePorts::Http {
-                        http: Some(80),
-                        https: Some(443),
-                    },
-                    (http, https) => ServicePorts::Http { http, https },
-                }
-            }
-        };
-        let ca_pem = match &config.tls.ca_file {
-            None => None,
-            Some(path) => Some(read_ca_file(name, path)?),
-        };
-        // Validated above: exactly one host form is set.
-        let host = config
-            .host
-            .dial_host()
-            .ok_or_else(|| invalid(format!("service {name:?}: host is empty")))?;
-        Ok(ResolvedService {
-            name: name.clone(),
-            tunnel: config.tunnel.clone(),
-            ports,
-            host,
-            resolvers: config.host.resolver_ips.clone(),
-            tls: config.tls.cert_verification_mode.into(),
-            ca_pem,
-        })
-    }
-
-    /// The dial target of a TCP service (`None` for an HTTP service).
-    pub fn tcp_target(&self) -> Option<DialTarget> {
-        match self.ports {
-            ServicePorts::Tcp(port) => Some(DialTarget {
-                host: self.host.clone(),
-                port,
-                resolvers: self.resolvers.clone(),
-            }),
-            ServicePorts::Http { .. } => None,
-        }
-    }
-
-    /// For an HTTP service, the scheme and port actually used when a client asks for
-    /// `requested`: the requested scheme if the service offers it, else the one it offers.
-    /// `None` for a TCP service.
-    pub fn http_endpoint(&self, requested: Scheme) -> Option<(Scheme, u16)> {
-        let ServicePorts::Http { http, https } = self.ports else {
-            return None;
-        };
-        match (requested, http, https) {
-            (Scheme::Http, Some(port), _) => Some((Scheme::Http, port)),
-            (Scheme::Https, _, Some(port)) => Some((Scheme::Https, port)),
-            (_, Some(port), None) => Some((Scheme::Http, port)),
-            (_, None, Some(port)) => Some((Scheme::Https, port)),
-            (_, None, None) => None,
-        }
+                BindingTarget::Network(_) => binding.clone(),
+            })
+            .collect();
+        self.current.send_replace(Arc::new(Directory {
+            networks: directory.networks,
+            services,
+            bindings,
+        }));
     }
 }
 
-fn read_ca_file(service: &str, path: &Path) -> Result<String, ConfigError> {
-    let error = |detail: String| ConfigError::CaFile {
-        service: service.to_owned(),
-        path: path.to_owned(),
-        detail,
-    };
-    let pem = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(error("no PEM certificate in it".into()));
+impl DirectoryStore for ConfigDirectory {
+    fn subscribe(&self) -> watch::Receiver<Arc<Directory>> {
+        self.current.subscribe()
     }
-    Ok(pem)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceHost;
+    use crate::model::tests::http_service;
+    use crate::model::{Binding, BindingMode};
+    use underpass_proto::TlsVerification;
 
-    fn service(kind: ServiceKind) -> ServiceConfig {
-        ServiceConfig {
-            name: "svc".into(),
-            kind,
-            tunnel: "t".into(),
-            host: ServiceHost::ip("127.0.0.5".parse().unwrap()), // literal
-            tcp_port: None,
-            http_port: None,
-            https_port: None,
-            tls: ServiceTls::default(),
+    fn directory(services: Vec<Service>) -> Directory {
+        let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
+        let bindings = services
+            .iter()
+            .map(|s| {
+                Arc::new(Binding {
+                    name: s.name.to_uppercase(),
+                    listen: "127.0.0.1:0".parse().unwrap(), // literal
+                    mode: BindingMode::Proxy,
+                    target: BindingTarget::Service(s.clone()),
+                    max_connections: 1,
+                })
+            })
+            .collect();
+        Directory {
+            networks: Vec::new(),
+            services,
+            bindings,
         }
     }
 
-    #[test]
-    fn http_ports_default_and_forcing() {
-        let both = ResolvedService::from_config(&service(ServiceKind::Http)).unwrap(); // valid
-        assert_eq!(both.http_endpoint(Scheme::Http), Some((Scheme::Http, 80)));
+    fn generation(store: &ConfigDirectory, name: &str) -> Option<u64> {
+        let snapshot = store.subscribe().borrow().clone();
+        let service = snapshot.services.iter().find(|s| s.name == name)?;
+        let BindingTarget::Service(bound) = &snapshot.binding(&name.to_uppercase())?.target else {
+            panic!("service binding");
+        };
         assert_eq!(
-            both.http_endpoint(Scheme::Https),
-            Some((Scheme::Https, 443))
+            bound.generation, service.generation,
+            "binding sees the same"
         );
-
-        let mut only_http = service(ServiceKind::Http);
-        only_http.http_port = Some(8080);
-        let only_http = ResolvedService::from_config(&only_http).unwrap(); // valid
-        assert_eq!(
-            only_http.http_endpoint(Scheme::Https),
-            Some((Scheme::Http, 8080))
-        );
-
-        let mut only_https = service(ServiceKind::Http);
-        only_https.https_port = Some(8443);
-        let only_https = ResolvedService::from_config(&only_https).unwrap(); // valid
-        assert_eq!(
-            only_https.http_endpoint(Scheme::Http),
-            Some((Scheme::Https, 8443))
-        );
-        assert_eq!(only_https.tcp_target(), None);
+        Some(service.generation)
     }
 
     #[test]
-    fn tcp_service_needs_tcp_port() {
-        assert!(ResolvedService::from_config(&service(ServiceKind::Tcp)).is_err());
-        let mut tcp = service(ServiceKind::Tcp);
-        tcp.tcp_port = Some(6379);
-        let tcp = ResolvedService::from_config(&tcp).unwrap(); // valid
-        assert_eq!(tcp.tcp_target().map(|t| t.port), Some(6379));
-        assert_eq!(tcp.http_endpoint(Scheme::Http), None);
-    }
+    fn generations_grow_only_when_a_policy_changes() {
+        let api = http_service("api", Some(80), None);
+        let web = http_service("web", Some(80), None);
+        let store = ConfigDirectory::new(directory(vec![api.clone(), web.clone()]));
+        let mut changes = store.subscribe();
+        assert_eq!(generation(&store, "api"), Some(1));
 
-    #[test]
-    fn host_forms() {
-        let mut both = service(ServiceKind::Http);
-        both.host.hostname = Some("db.internal".into());
-        assert!(ResolvedService::from_config(&both).is_err());
-        let mut none = service(ServiceKind::Http);
-        none.host = ServiceHost::default();
-        assert!(ResolvedService::from_config(&none).is_err());
-        let mut named = service(ServiceKind::Http);
-        named.host = ServiceHost::hostname("db.internal", vec!["127.0.0.1:5353".parse().unwrap()]); // literal
-        let named = ResolvedService::from_config(&named).unwrap(); // valid
-        assert_eq!(named.host, Host::Name("db.internal".into()));
-        assert_eq!(named.resolvers.len(), 1);
+        // Same policies again: same generations (a new snapshot is still published).
+        store.publish(directory(vec![api.clone(), web.clone()]));
+        assert!(changes.has_changed().unwrap()); // sender alive
+        assert_eq!(generation(&store, "api"), Some(1));
+
+        let changed = Service {
+            tls: TlsVerification::Disabled,
+            ..api.clone()
+        };
+        store.publish(directory(vec![changed, web.clone()]));
+        assert_eq!(generation(&store, "api"), Some(2));
+        assert_eq!(generation(&store, "web"), Some(1));
+
+        // Removed, then back with its first policy: still a higher generation.
+        store.publish(directory(vec![web.clone()]));
+        assert_eq!(generation(&store, "api"), None);
+        store.publish(directory(vec![api, web]));
+        assert_eq!(generation(&store, "api"), Some(3));
+        changes.borrow_and_update();
     }
 }

@@ -3,7 +3,16 @@
 //! A tunnel may have several connectors (replicas, up to 25) each holding several connections
 //! (HA). Every registered connection is an entry; [`Registry::pick`] spreads new streams over
 //! the entries that are not draining, round-robin. The registry is generic over the connection
-//! type, so the QUIC transport and a later HTTP/2 fallback (or an enum of both) share it.
+//! type (the edge uses [`AnyConnection`](underpass_transport::AnyConnection)).
+//!
+//! # Stream leases
+//!
+//! A pick returns the connection wrapped in [`Leased`], which holds a lease on the connection's
+//! stream count, and every stream opened through it carries that lease in both of its halves
+//! ([`LeasedSend`], [`LeasedRecv`]). The count therefore covers a whole exchange (a `fetch()`
+//! body streaming to the client, an upload, an upgrade, a `CONNECT` or TCP-binding pipe) until
+//! the last half is dropped, without anyone having to remember to hold it. Draining waits for
+//! this count ([`StreamTracker::idle`]), the snapshot shows it.
 //!
 //! The lock is a plain `std` mutex held only for map operations, never across an `.await`.
 
@@ -11,10 +20,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use underpass_proto::{AnnouncedRoute, ConnectorId, TunnelId};
+use underpass_transport::{Connection, RecvStream, SendStream, StreamError};
 
 /// Most connections one tunnel may hold: 25 connector replicas × 4 connections each.
 pub const MAX_CONNECTIONS_PER_TUNNEL: usize = 100;
@@ -55,13 +67,14 @@ pub struct ConnectionInfo {
     pub registered_at: SystemTime,
     /// Whether it is draining (no new streams).
     pub draining: bool,
-    /// Streams currently open on it by the edge.
+    /// Exchanges open on it now: each counts from the pick until the last byte of its stream
+    /// in either direction (response body, upload, pipe) has gone through.
     pub active_streams: usize,
 }
 
 /// Tracks the streams open on one connection.
 #[derive(Debug, Clone)]
-pub struct StreamTracker {
+pub(crate) struct StreamTracker {
     open: Arc<watch::Sender<usize>>,
 }
 
@@ -73,12 +86,12 @@ impl StreamTracker {
     }
 
     /// Streams open now.
-    pub fn open_streams(&self) -> usize {
+    pub(crate) fn open_streams(&self) -> usize {
         *self.open.borrow()
     }
 
     /// Resolves once no stream is open.
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         let mut open = self.open.subscribe();
         // The sender lives in `self`, so the channel cannot close while this waits.
         let _ = open.wait_for(|n| *n == 0).await;
@@ -92,10 +105,10 @@ impl StreamTracker {
     }
 }
 
-/// Counts one open stream on a connection until dropped. Hold it for the stream's lifetime, so
-/// a draining connection is closed only once its streams are done.
+/// Counts one exchange on a connection until dropped. Shared (in an `Arc`) by a [`Leased`]
+/// connection and the stream halves opened through it.
 #[derive(Debug)]
-pub struct StreamLease {
+struct StreamLease {
     open: Arc<watch::Sender<usize>>,
 }
 
@@ -107,18 +120,149 @@ impl Drop for StreamLease {
 
 /// A connection chosen for a new stream.
 #[derive(Debug)]
-pub struct Picked<C> {
+pub(crate) struct Picked<C> {
     /// The edge's id for the connection.
     pub connection_id: u64,
-    /// The connection.
-    pub conn: C,
-    /// Counts the stream about to be opened; keep it until the stream ends.
-    pub lease: StreamLease,
+    /// The connection, counted as busy until it and every stream opened through it are gone.
+    pub conn: Leased<C>,
+}
+
+/// A picked connection: streams opened through it carry its lease in both halves, so the
+/// connection counts as busy until the last of them (and this handle) is dropped. Meant for
+/// one exchange; clones share the lease.
+#[derive(Debug, Clone)]
+pub(crate) struct Leased<C> {
+    conn: C,
+    lease: Arc<StreamLease>,
+}
+
+impl<C> Leased<C> {
+    /// The connection underneath.
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &C {
+        &self.conn
+    }
+}
+
+impl<C: Connection> Connection for Leased<C> {
+    type Send = LeasedSend<C::Send>;
+    type Recv = LeasedRecv<C::Recv>;
+
+    async fn open_bi(&self) -> Result<(Self::Send, Self::Recv), StreamError> {
+        let (send, recv) = self.conn.open_bi().await?;
+        Ok(self.wrap(send, recv))
+    }
+
+    async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv), StreamError> {
+        let (send, recv) = self.conn.accept_bi().await?;
+        Ok(self.wrap(send, recv))
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        self.conn.close(code, reason);
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = StreamError> + Send {
+        self.conn.closed()
+    }
+
+    fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), StreamError> {
+        self.conn.export_keying_material(output, label, context)
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+}
+
+impl<C: Connection> Leased<C> {
+    fn wrap(&self, send: C::Send, recv: C::Recv) -> (LeasedSend<C::Send>, LeasedRecv<C::Recv>) {
+        (
+            LeasedSend {
+                inner: send,
+                _lease: self.lease.clone(),
+            },
+            LeasedRecv {
+                inner: recv,
+                _lease: self.lease.clone(),
+            },
+        )
+    }
+}
+
+/// The sending half of a stream opened through a [`Leased`] connection.
+#[derive(Debug)]
+pub(crate) struct LeasedSend<S> {
+    inner: S,
+    _lease: Arc<StreamLease>,
+}
+
+impl<S: SendStream> SendStream for LeasedSend<S> {
+    fn write_chunk(
+        &mut self,
+        data: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), StreamError>> + Send {
+        self.inner.write_chunk(data)
+    }
+
+    fn finish(&mut self) -> Result<(), StreamError> {
+        self.inner.finish()
+    }
+
+    fn reset(&mut self, code: u32) {
+        self.inner.reset(code);
+    }
+
+    fn stopped(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<u32>, StreamError>> + Send {
+        self.inner.stopped()
+    }
+}
+
+/// The receiving half of a stream opened through a [`Leased`] connection.
+#[derive(Debug)]
+pub(crate) struct LeasedRecv<R> {
+    inner: R,
+    _lease: Arc<StreamLease>,
+}
+
+impl<R: RecvStream> RecvStream for LeasedRecv<R> {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        self.inner.poll_read_chunk(cx, max)
+    }
+
+    fn read_chunk(
+        &mut self,
+        max: usize,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, StreamError>> + Send {
+        self.inner.read_chunk(max)
+    }
+
+    fn read_chunks(
+        &mut self,
+        bufs: &mut [Bytes],
+    ) -> impl std::future::Future<Output = Result<Option<usize>, StreamError>> + Send {
+        self.inner.read_chunks(bufs)
+    }
+
+    fn stop(&mut self, code: u32) {
+        self.inner.stop(code);
+    }
 }
 
 /// The result of a successful [`Registry::register`].
 #[derive(Debug)]
-pub struct Registered<C> {
+pub(crate) struct Registered<C> {
     /// A connection the same connector registered earlier with the same index, now removed:
     /// the connector replaced it, so it is dead or about to be. The caller closes it.
     pub superseded: Option<(u64, C)>,
@@ -163,12 +307,12 @@ impl<C: Clone> Registry<C> {
 
     /// A fresh connection id (unique for this registry's lifetime), taken when a connection is
     /// accepted so that its logs carry it from the start.
-    pub fn allocate_id(&self) -> u64 {
+    pub(crate) fn allocate_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Add a registered connection.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         connection_id: u64,
         registration: NewConnection,
@@ -216,7 +360,7 @@ impl<C: Clone> Registry<C> {
     }
 
     /// Remove a connection (it closed). Returns its info if it was registered.
-    pub fn unregister(&self, connection_id: u64) -> Option<ConnectionInfo> {
+    pub(crate) fn unregister(&self, connection_id: u64) -> Option<ConnectionInfo> {
         let removed = {
             let mut inner = self.lock();
             let mut removed = None;
@@ -240,7 +384,7 @@ impl<C: Clone> Registry<C> {
 
     /// Mark a connection as draining: [`Registry::pick`] no longer chooses it. Returns whether
     /// it was registered.
-    pub fn set_draining(&self, connection_id: u64) -> bool {
+    pub(crate) fn set_draining(&self, connection_id: u64) -> bool {
         let found = {
             let mut inner = self.lock();
             let entry = inner
@@ -261,8 +405,9 @@ impl<C: Clone> Registry<C> {
         found
     }
 
-    /// Choose a live, non-draining connection of `tunnel` for a new stream, round-robin.
-    pub fn pick(&self, tunnel: &TunnelId) -> Option<Picked<C>> {
+    /// Choose a live, non-draining connection of `tunnel` for a new stream, round-robin. The
+    /// lease it carries counts from now.
+    pub(crate) fn pick(&self, tunnel: &TunnelId) -> Option<Picked<C>> {
         let mut inner = self.lock();
         let tunnel = inner.get_mut(tunnel)?;
         let len = tunnel.entries.len();
@@ -273,8 +418,10 @@ impl<C: Clone> Registry<C> {
                 tunnel.cursor = (i + 1) % len;
                 return Some(Picked {
                     connection_id: entry.info.connection_id,
-                    conn: entry.conn.clone(),
-                    lease: entry.streams.lease(),
+                    conn: Leased {
+                        conn: entry.conn.clone(),
+                        lease: Arc::new(entry.streams.lease()),
+                    },
                 });
             }
         }
@@ -359,13 +506,13 @@ mod tests {
                 .unwrap(); // below the limit
         }
         let picks: Vec<_> = (0..6)
-            .map(|_| registry.pick(&tunnel).unwrap().conn)
+            .map(|_| *registry.pick(&tunnel).unwrap().conn.inner())
             .collect(); // 3 live
         assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
         assert!(registry.set_draining(2));
         assert_eq!(registry.live_count(&tunnel), 2);
         let picks: Vec<_> = (0..4)
-            .map(|_| registry.pick(&tunnel).unwrap().conn)
+            .map(|_| *registry.pick(&tunnel).unwrap().conn.inner())
             .collect(); // 2 live
         assert_eq!(picks, ["a", "c", "a", "c"]);
         assert_eq!(registry.live_count(&TunnelId([2; 16])), 0);
@@ -382,6 +529,96 @@ mod tests {
         assert_eq!(registry.snapshot()[0].active_streams, 2);
         drop((first, second));
         assert_eq!(registered.streams.open_streams(), 0);
+    }
+
+    /// A connection whose streams do nothing: enough to see where leases live.
+    #[derive(Debug, Clone)]
+    struct Idle;
+    struct IdleSend;
+    struct IdleRecv;
+
+    impl SendStream for IdleSend {
+        async fn write_chunk(&mut self, _data: Bytes) -> Result<(), StreamError> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), StreamError> {
+            Ok(())
+        }
+        fn reset(&mut self, _code: u32) {}
+        async fn stopped(&mut self) -> Result<Option<u32>, StreamError> {
+            Ok(None)
+        }
+    }
+
+    impl RecvStream for IdleRecv {
+        fn poll_read_chunk(
+            &mut self,
+            _cx: &mut Context<'_>,
+            _max: usize,
+        ) -> Poll<Result<Option<Bytes>, StreamError>> {
+            Poll::Ready(Ok(None))
+        }
+        fn stop(&mut self, _code: u32) {}
+    }
+
+    impl Connection for Idle {
+        type Send = IdleSend;
+        type Recv = IdleRecv;
+        async fn open_bi(&self) -> Result<(IdleSend, IdleRecv), StreamError> {
+            Ok((IdleSend, IdleRecv))
+        }
+        async fn accept_bi(&self) -> Result<(IdleSend, IdleRecv), StreamError> {
+            Err(StreamError::Closed)
+        }
+        fn close(&self, _code: u32, _reason: &[u8]) {}
+        async fn closed(&self) -> StreamError {
+            StreamError::Closed
+        }
+        fn export_keying_material(
+            &self,
+            _output: &mut [u8],
+            _label: &[u8],
+            _context: &[u8],
+        ) -> Result<(), StreamError> {
+            Ok(())
+        }
+        fn remote_address(&self) -> SocketAddr {
+            "127.0.0.1:1".parse().unwrap() // literal
+        }
+    }
+
+    #[tokio::test]
+    async fn leases_live_until_both_stream_halves_are_gone() {
+        let registry = Registry::<Idle>::new();
+        let tunnel = TunnelId([1; 16]);
+        let registered = registry.register(1, registration(1, 1, 0), Idle).unwrap(); // empty
+        let count = || registered.streams.open_streams();
+
+        // The response body outlives the request side (a fetch() whose body still streams).
+        let picked = registry.pick(&tunnel).unwrap(); // one live
+        let (send, recv) = picked.conn.open_bi().await.unwrap(); // Idle opens
+        drop(picked);
+        assert_eq!(count(), 1, "the halves hold the lease, not the pick");
+        drop(send);
+        assert_eq!(count(), 1, "the receiving half alone still counts");
+        drop(recv);
+        assert_eq!(count(), 0);
+
+        // The upload outlives the response (the send half in its own task).
+        let picked = registry.pick(&tunnel).unwrap(); // one live
+        let (send, recv) = picked.conn.open_bi().await.unwrap(); // Idle opens
+        drop((picked, recv));
+        assert_eq!(count(), 1, "the sending half alone still counts");
+        let idle = tokio::spawn({
+            let streams = registered.streams.clone();
+            async move { streams.idle().await }
+        });
+        drop(send);
+        tokio::time::timeout(std::time::Duration::from_secs(10), idle)
+            .await
+            .expect("idle once the last half is gone")
+            .expect("no panic");
+        assert_eq!(count(), 0);
     }
 
     #[test]

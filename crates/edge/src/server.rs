@@ -1,41 +1,35 @@
-//! The connector side of the edge: accept QUIC connections, authenticate registrations, keep
-//! the registry, answer heartbeats, drain on shutdown.
+//! The connector side of the edge: accept connections, authenticate registrations, keep the
+//! registry, send service policies, answer heartbeats, drain on shutdown.
 //!
 //! Per connection: the connector opens the control stream and sends `Register`. The edge looks
-//! the tunnel up, computes the expected proof (HMAC of the tunnel secret over a TLS exporter
-//! value of this very connection) and compares it in constant time. A refusal is sent with a
-//! reason and a retry delay, then the connection is closed once the connector has the frame.
+//! the tunnel up (in memory), computes the expected proof (HMAC of the tunnel secret over a TLS
+//! exporter value of this very connection) and compares it in constant time. A refusal is sent
+//! with a reason and a retry delay, then the connection is closed once the connector has the
+//! frame. An accepted connection is sent the origin policy of every service of its tunnel, and
+//! the changed ones whenever the directory changes ([`crate::policy`]).
+//!
+//! Shutdown ([`Shutdown`]): when stopping begins, no connection is accepted any more; each
+//! registered connection is sent `Drain`, gets no new streams, and is closed once its stream
+//! leases are all released ([`crate::registry`]), or when the grace period is over.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 use underpass_mux::{registration_proof, write_frame, ControlChannel, MuxError};
 use underpass_proto::{
-    ControlMessage, DecodeError, Drain, RefuseReason, Register, RegisterAccepted, RegisterRefused,
-    TunnelId,
+    CloseCode, ControlMessage, DecodeError, Drain, RefuseReason, Register, RegisterAccepted,
+    RegisterRefused, TunnelId,
 };
-use underpass_transport::quic::{QuicConnection, QuicListener};
-use underpass_transport::{Connection, SendStream};
+use underpass_rt::Shutdown;
+use underpass_transport::{Connection, Listener, SendStream};
 
-use crate::registry::{NewConnection, Registry, RegistryError};
+use crate::model::{Directory, Tunnel};
+use crate::policy::SentPolicies;
+use crate::registry::{NewConnection, Registry, RegistryError, StreamTracker};
 use crate::tunnels::TunnelStore;
-
-/// QUIC application close code: normal close (connector gone, or drained).
-pub const CLOSE_NORMAL: u32 = 0;
-/// QUIC application close code: registration refused.
-pub const CLOSE_REFUSED: u32 = 1;
-/// QUIC application close code: the same connector slot registered a newer connection.
-pub const CLOSE_SUPERSEDED: u32 = 2;
-/// QUIC application close code: the edge is shutting down.
-pub const CLOSE_SHUTDOWN: u32 = 3;
-/// QUIC application close code: no registration in time, or a broken control stream.
-pub const CLOSE_PROTOCOL: u32 = 4;
 
 /// How long a connection stays open, at most, for a last control frame (a refusal, a drain
 /// notice) to reach the connector before the edge closes it.
@@ -43,7 +37,7 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// Timings of the connector side.
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     /// The edge's name, sent to connectors for their logs.
     pub edge_name: String,
     /// A new connection must register within this.
@@ -57,95 +51,78 @@ pub struct ServerSettings {
 }
 
 /// What the connection tasks share.
-pub struct ServerContext<C> {
+pub(crate) struct ServerContext<C> {
     /// Live connections.
     pub registry: Arc<Registry<C>>,
     /// Tunnels and their secrets.
     pub tunnels: Arc<TunnelStore>,
+    /// The directory, for the services' policies.
+    pub directory: watch::Receiver<Arc<Directory>>,
     /// Timings.
     pub settings: ServerSettings,
+    /// Stopping, and the tasks to wait for.
+    pub shutdown: Shutdown,
 }
 
-/// Accept connectors on `listener` until `shutdown` resolves; then stop accepting, drain every
-/// connection (connectors are told, open streams may finish within the grace period), and
-/// close the endpoint.
-pub async fn run(
-    listener: QuicListener,
-    context: Arc<ServerContext<QuicConnection>>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let (stop, stop_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
+/// Accept connectors on `listener` until stopping begins; every connection is served in its
+/// own tracked task. The listener itself is closed by whoever owns it, once those tasks are
+/// done (closing it closes every connection).
+pub(crate) async fn run<L: Listener>(listener: Arc<L>, context: Arc<ServerContext<L::Conn>>) {
+    let mut stopping = std::pin::pin!(context.shutdown.stopping());
     loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let Some(conn) = accepted else {
-                    warn!("QUIC listener closed; no more connectors accepted");
-                    break;
-                };
-                let id = context.registry.allocate_id();
-                let span = info_span!(
-                    "connector",
-                    remote = %conn.remote_address(),
-                    connection = id,
-                );
-                connections.spawn(
-                    handle_connection(conn, id, context.clone(), stop_rx.clone()).instrument(span),
-                );
-            }
-        }
+        let accepted = tokio::select! {
+            () = &mut stopping => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Some(conn) = accepted else {
+            warn!("QUIC listener closed; no more connectors accepted");
+            return;
+        };
+        let id = context.registry.allocate_id();
+        let span = info_span!("connector", remote = %conn.remote_address(), connection = id);
+        let task = handle_connection(conn, id, context.clone());
+        context.shutdown.spawn(task.instrument(span));
     }
-    let _ = stop.send(true);
-    let open = connections.len();
+    let open = context.registry.snapshot().len();
     if open > 0 {
         info!(connections = open, grace = ?context.settings.drain_grace, "draining connectors");
     }
-    while connections.join_next().await.is_some() {}
-    listener.close();
-    // Bounded: the endpoint is closed, so this waits only for the close frames to go out.
-    let _ = tokio::time::timeout(Duration::from_secs(1), listener.wait_idle()).await;
-    debug!("QUIC server stopped");
 }
 
-/// One connector connection, from registration to close. Generic over the transport, so the
-/// HTTP/2 fallback can reuse it.
-pub async fn handle_connection<C: Connection>(
+/// One connector connection, from registration to close.
+async fn handle_connection<C: Connection>(
     conn: C,
     connection_id: u64,
     context: Arc<ServerContext<C>>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let settings = &context.settings;
     let read = tokio::select! {
         read = tokio::time::timeout(settings.register_timeout, read_register(&conn)) => read,
-        () = stopped(&mut shutdown) => {
-            conn.close(CLOSE_SHUTDOWN, b"edge shutting down");
+        () = context.shutdown.stopping() => {
+            close(&conn, CloseCode::Shutdown, "edge shutting down");
             return;
         }
     };
     let (mut channel, register) = match read {
         Err(_) => {
             warn!(timeout = ?settings.register_timeout, "no registration in time; closing");
-            conn.close(CLOSE_PROTOCOL, b"no registration");
+            close(&conn, CloseCode::Protocol, "no registration");
             return;
         }
         Ok(Err(ReadRegister::Gone(error))) => {
             debug!(%error, "connection ended before registering");
-            conn.close(CLOSE_PROTOCOL, b"no registration");
+            close(&conn, CloseCode::Protocol, "no registration");
             return;
         }
         Ok(Err(ReadRegister::Bad(channel, reason, detail))) => {
-            refuse(&conn, channel, None, reason, detail, settings).await;
+            refuse(&conn, channel, None, reason, detail, &context).await;
             return;
         }
         Ok(Ok(read)) => read,
     };
 
     let tunnel_id = register.tunnel_id;
-    let refusal = if *shutdown.borrow() {
+    let refusal = if context.shutdown.is_stopping() {
         Err((
             RefuseReason::Draining,
             "the edge is shutting down".to_owned(),
@@ -156,7 +133,7 @@ pub async fn handle_connection<C: Connection>(
     let tunnel = match refusal {
         Ok(tunnel) => tunnel,
         Err((reason, detail)) => {
-            refuse(&conn, channel, Some(&tunnel_id), reason, detail, settings).await;
+            refuse(&conn, channel, Some(&tunnel_id), reason, detail, &context).await;
             return;
         }
     };
@@ -177,7 +154,7 @@ pub async fn handle_connection<C: Connection>(
             Ok(registered) => registered,
             Err(error @ RegistryError::TooManyConnections(_)) => {
                 let (reason, detail) = (RefuseReason::TooManyConnections, error.to_string());
-                refuse(&conn, channel, Some(&tunnel_id), reason, detail, settings).await;
+                refuse(&conn, channel, Some(&tunnel_id), reason, detail, &context).await;
                 return;
             }
         };
@@ -186,7 +163,11 @@ pub async fn handle_connection<C: Connection>(
             superseded = old_id,
             "connector re-registered this connection slot; closing the old connection"
         );
-        old.close(CLOSE_SUPERSEDED, b"superseded by a newer connection");
+        close(
+            &old,
+            CloseCode::Superseded,
+            "superseded by a newer connection",
+        );
     }
     let accepted = ControlMessage::RegisterAccepted(RegisterAccepted {
         connection_id,
@@ -197,12 +178,12 @@ pub async fn handle_connection<C: Connection>(
     if let Err(error) = channel.send(&accepted).await {
         debug!(%error, "could not confirm the registration");
         context.registry.unregister(connection_id);
-        conn.close(CLOSE_PROTOCOL, b"control stream failed");
+        close(&conn, CloseCode::ControlLost, "control stream failed");
         return;
     }
     info!(
-        tunnel = %hex::encode(tunnel_id.0),
-        tunnel_name = %tunnel,
+        tunnel = %tunnel.id_hex(),
+        tunnel_name = %tunnel.name,
         connector = %hex::encode(registration.connector_id.0),
         index = registration.connection_index,
         version = %registration.version,
@@ -210,95 +191,148 @@ pub async fn handle_connection<C: Connection>(
         "connector registered"
     );
 
-    let ended = control_loop(
-        &conn,
+    let control = Control {
+        conn: &conn,
         connection_id,
-        channel,
-        &registered.streams,
-        &context,
-        shutdown,
-    )
-    .await;
-    context.registry.unregister(connection_id);
-    let (code, reason) = match ended {
-        LoopEnd::Shutdown => (CLOSE_SHUTDOWN, "edge shutting down"),
-        LoopEnd::Ended(reason) => (CLOSE_NORMAL, reason),
+        tunnel: &tunnel,
+        streams: &registered.streams,
+        context: &context,
     };
-    conn.close(code, reason.as_bytes());
-    info!(reason, "connector connection closed");
+    let (code, reason) = control.run(channel).await;
+    context.registry.unregister(connection_id);
+    close(&conn, code, reason);
+    info!(reason, code = %code, "connector connection closed");
 }
 
-/// Why a control loop ended.
-enum LoopEnd {
-    /// The edge drained the connection for shutdown.
-    Shutdown,
-    /// The connector or the connection ended it, for this reason.
-    Ended(&'static str),
+fn close<C: Connection>(conn: &C, code: CloseCode, reason: &str) {
+    conn.close(code.code(), reason.as_bytes());
 }
 
-/// Serve the control stream of a registered connection until it ends; returns why.
-async fn control_loop<C: Connection>(
-    conn: &C,
+/// A registered connection's control stream.
+struct Control<'a, C> {
+    conn: &'a C,
     connection_id: u64,
-    channel: ControlChannel<C::Send, C::Recv>,
-    streams: &crate::registry::StreamTracker,
-    context: &ServerContext<C>,
-    mut shutdown: watch::Receiver<bool>,
-) -> LoopEnd {
-    let (mut send, mut reader) = channel.split();
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            message = reader.next::<ControlMessage>() => match message {
-                Ok(Some(ControlMessage::Heartbeat(beat))) => {
-                    let ack = ControlMessage::HeartbeatAck(beat);
-                    if let Err(error) = write_frame(&mut send, &ack).await {
-                        debug!(%error, "heartbeat answer failed");
-                        return LoopEnd::Ended("control stream failed");
+    tunnel: &'a Tunnel,
+    streams: &'a StreamTracker,
+    context: &'a ServerContext<C>,
+}
+
+impl<C: Connection> Control<'_, C> {
+    /// Send the policies, then serve the control stream until it ends or the connection is
+    /// drained; returns how to close the connection.
+    async fn run(&self, channel: ControlChannel<C::Send, C::Recv>) -> (CloseCode, &'static str) {
+        let (mut send, mut reader) = channel.split();
+        let mut directory = self.context.directory.clone();
+        let mut policies = SentPolicies::new();
+        let snapshot = directory.borrow_and_update().clone();
+        if let Err(error) = self
+            .send_all(&mut send, policies.update(&snapshot, self.tunnel))
+            .await
+        {
+            debug!(%error, "could not send the service policies");
+            return (CloseCode::ControlLost, "control stream failed");
+        }
+        let shutdown = &self.context.shutdown;
+        let mut stopping = std::pin::pin!(shutdown.stopping());
+        let mut forced = std::pin::pin!(shutdown.forced());
+        let mut draining = false;
+        let mut watching = true;
+        // While draining, a control stream that ends does not end the streams still open.
+        let mut control_open = true;
+        loop {
+            tokio::select! {
+                message = reader.next::<ControlMessage>(), if control_open => match message {
+                    Ok(Some(ControlMessage::Heartbeat(beat))) => {
+                        let ack = ControlMessage::HeartbeatAck(beat);
+                        if let Err(error) = write_frame(&mut send, &ack).await {
+                            debug!(%error, "heartbeat answer failed");
+                            if !draining {
+                                return (CloseCode::ControlLost, "control stream failed");
+                            }
+                            control_open = false;
+                        }
+                    }
+                    Ok(Some(ControlMessage::HeartbeatAck(_))) => {}
+                    Ok(Some(ControlMessage::Drain(drain))) => {
+                        self.context.registry.set_draining(self.connection_id);
+                        info!(grace_ms = drain.grace_ms, reason = %drain.reason, "connector is draining");
+                    }
+                    Ok(Some(other)) => {
+                        warn!(message = ?other, "unexpected control message; ignored");
+                    }
+                    ended if draining => {
+                        debug!(
+                            ended = ?ended.err(),
+                            "the control stream ended during the drain; waiting for the open streams"
+                        );
+                        control_open = false;
+                    }
+                    Ok(None) => return (CloseCode::Normal, "connector finished the control stream"),
+                    Err(error) => {
+                        debug!(%error, "control stream failed");
+                        return (CloseCode::ControlLost, "control stream failed");
+                    }
+                },
+                changed = directory.changed(), if watching && control_open => {
+                    if changed.is_err() {
+                        // The store is gone: the directory no longer changes.
+                        watching = false;
+                        continue;
+                    }
+                    let snapshot = directory.borrow_and_update().clone();
+                    let messages = policies.update(&snapshot, self.tunnel);
+                    if let Err(error) = self.send_all(&mut send, messages).await {
+                        debug!(%error, "could not send the service policies");
+                        return (CloseCode::ControlLost, "control stream failed");
                     }
                 }
-                Ok(Some(ControlMessage::HeartbeatAck(_))) => {}
-                Ok(Some(ControlMessage::Drain(drain))) => {
-                    context.registry.set_draining(connection_id);
-                    info!(grace_ms = drain.grace_ms, reason = %drain.reason, "connector is draining");
+                error = self.conn.closed() => {
+                    debug!(%error, "connection closed");
+                    return (CloseCode::Normal, "connection closed");
                 }
-                Ok(Some(other)) => {
-                    warn!(message = ?other, "unexpected control message; ignored");
+                () = &mut stopping, if !draining => {
+                    draining = true;
+                    let grace = self.context.settings.drain_grace;
+                    self.context.registry.set_draining(self.connection_id);
+                    let drain = ControlMessage::Drain(Drain {
+                        grace_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
+                        reason: "edge shutting down".into(),
+                    });
+                    if let Err(error) = write_frame(&mut send, &drain).await {
+                        debug!(%error, "could not send the drain notice");
+                    }
                 }
-                Ok(None) => return LoopEnd::Ended("connector finished the control stream"),
-                Err(error) => {
-                    debug!(%error, "control stream failed");
-                    return LoopEnd::Ended("control stream failed");
+                () = self.streams.idle(), if draining => {
+                    // Finishing the control stream and waiting for the acknowledgement makes
+                    // sure the drain notice arrived before the connection closes.
+                    tokio::select! {
+                        () = linger_after_finish(self.conn, &mut send, LINGER) => {}
+                        () = &mut forced => {}
+                    }
+                    return (CloseCode::Shutdown, "edge shutting down");
                 }
-            },
-            error = conn.closed() => {
-                debug!(%error, "connection closed");
-                return LoopEnd::Ended("connection closed");
-            }
-            () = stopped(&mut shutdown), if drain_deadline.is_none() => {
-                let grace = context.settings.drain_grace;
-                drain_deadline = Some(Instant::now() + grace);
-                context.registry.set_draining(connection_id);
-                let drain = ControlMessage::Drain(Drain {
-                    grace_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
-                    reason: "edge shutting down".into(),
-                });
-                if let Err(error) = write_frame(&mut send, &drain).await {
-                    debug!(%error, "could not send the drain notice");
+                () = &mut forced, if draining => {
+                    warn!(open_streams = self.streams.open_streams(), "drain grace period over; closing");
+                    return (CloseCode::Shutdown, "edge shutting down");
                 }
-            }
-            () = streams.idle(), if drain_deadline.is_some() => {
-                // Finishing the control stream and waiting for the acknowledgement makes sure
-                // the drain notice arrived before the connection closes.
-                linger_after_finish(conn, &mut send, LINGER).await;
-                return LoopEnd::Shutdown;
-            }
-            () = sleep_until(drain_deadline), if drain_deadline.is_some() => {
-                warn!(open_streams = streams.open_streams(), "drain grace period over; closing");
-                linger_after_finish(conn, &mut send, LINGER).await;
-                return LoopEnd::Shutdown;
             }
         }
+    }
+
+    async fn send_all(
+        &self,
+        send: &mut C::Send,
+        messages: Vec<ControlMessage>,
+    ) -> Result<(), MuxError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let count = messages.len();
+        for message in &messages {
+            write_frame(send, message).await?;
+        }
+        debug!(messages = count, "service policies sent");
+        Ok(())
     }
 }
 
@@ -315,13 +349,6 @@ async fn linger_after_finish<C: Connection>(conn: &C, send: &mut C::Send, limit:
         }
     };
     let _ = tokio::time::timeout(limit, delivered).await;
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Why no `Register` could be read.
@@ -363,12 +390,12 @@ async fn read_register<C: Connection>(
     }
 }
 
-/// Check the tunnel and the proof; returns the tunnel's name.
+/// Check the tunnel (in memory: an unknown id costs no I/O) and the proof; returns the tunnel.
 fn authenticate<C: Connection>(
     conn: &C,
     register: &Register,
     tunnels: &TunnelStore,
-) -> Result<String, (RefuseReason, String)> {
+) -> Result<Tunnel, (RefuseReason, String)> {
     let Some(tunnel) = tunnels.by_id(&register.tunnel_id) else {
         return Err((
             RefuseReason::UnknownTunnel,
@@ -388,7 +415,7 @@ fn authenticate<C: Connection>(
             "the proof does not match the tunnel secret; check the token".into(),
         ));
     }
-    Ok(tunnel.name)
+    Ok(tunnel)
 }
 
 /// Log, send `RegisterRefused`, wait until the connector has it (or a short while), close.
@@ -398,7 +425,7 @@ async fn refuse<C: Connection>(
     tunnel: Option<&TunnelId>,
     reason: RefuseReason,
     detail: String,
-    settings: &ServerSettings,
+    context: &ServerContext<C>,
 ) {
     let reason_text = reason_text(reason);
     let tunnel = tunnel.map(|id| hex::encode(id.0)).unwrap_or_default();
@@ -411,13 +438,16 @@ async fn refuse<C: Connection>(
     let refused = ControlMessage::RegisterRefused(RegisterRefused {
         reason,
         message: detail,
-        retry_after_ms: u32::try_from(settings.retry_after.as_millis()).unwrap_or(u32::MAX),
+        retry_after_ms: u32::try_from(context.settings.retry_after.as_millis()).unwrap_or(u32::MAX),
     });
     if channel.send(&refused).await.is_ok() {
         let (mut send, _reader) = channel.split();
-        linger_after_finish(conn, &mut send, LINGER).await;
+        tokio::select! {
+            () = linger_after_finish(conn, &mut send, LINGER) => {}
+            () = context.shutdown.forced() => {}
+        }
     }
-    conn.close(CLOSE_REFUSED, reason_text.as_bytes());
+    close(conn, CloseCode::Refused, reason_text);
 }
 
 /// A short, stable text for a refusal reason (logs and the close reason).
@@ -432,8 +462,157 @@ fn reason_text(reason: RefuseReason) -> &'static str {
     }
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone). Drops the watch guard before
-/// returning, so the caller's future stays `Send`.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
+#[cfg(test)]
+mod tests {
+    use underpass_mux::ControlChannel;
+    use underpass_proto::{
+        ConnectorId, Heartbeat, OriginPolicy, PolicyAssembler, TlsVerification, CA_CHUNK_LEN,
+    };
+    use underpass_transport::quic::{self, QuicDialer, QuicListener, QuicSettings};
+    use underpass_transport::tls::{self, EdgeVerification};
+    use underpass_transport::{AnyDialer, AnyListener, AnyRecv, AnySend, Dialer};
+
+    use super::*;
+    use crate::directory::{ConfigDirectory, DirectoryStore};
+    use crate::model::tests::http_service;
+    use crate::model::Service;
+    use crate::state::Pki;
+
+    const GUARD: Duration = Duration::from_secs(20);
+
+    async fn next(control: &mut ControlChannel<AnySend, AnyRecv>) -> ControlMessage {
+        tokio::time::timeout(GUARD, control.recv())
+            .await
+            .expect("a control message in time")
+            .expect("a control message")
+            .expect("the control stream is open")
+    }
+
+    async fn next_policy(control: &mut ControlChannel<AnySend, AnyRecv>) -> OriginPolicy {
+        let mut assembler = PolicyAssembler::new();
+        loop {
+            let complete = match next(control).await {
+                ControlMessage::ServicePolicy(head) => assembler.policy(head),
+                ControlMessage::ServicePolicyCa(chunk) => assembler.chunk(chunk),
+                other => panic!("expected a policy, got {other:?}"),
+            };
+            if let Some(policy) = complete.expect("in order") {
+                return policy;
+            }
+        }
+    }
+
+    fn directory(services: Vec<Service>) -> Directory {
+        Directory {
+            services: services.into_iter().map(Arc::new).collect(),
+            ..Directory::default()
+        }
+    }
+
+    /// A real QUIC connection registers; its policies follow every directory change.
+    #[tokio::test]
+    async fn policies_follow_the_directory() {
+        let dir = tempfile::tempdir().unwrap(); // scratch
+        let pki = Pki::load_or_generate(dir.path(), "underpass-edge").unwrap(); // fresh dir
+        let tunnels = Arc::new(TunnelStore::open(dir.path()).unwrap()); // fresh dir
+        let tunnel = tunnels.create("prod").unwrap(); // new name
+        let settings = QuicSettings {
+            socket_buffer: 1 << 20,
+            ..QuicSettings::default()
+        };
+        let server_tls = tls::server_config(
+            pki.chain_pem.as_bytes(),
+            pki.key_pem.as_bytes(),
+            &[quic::ALPN],
+        )
+        .unwrap(); // generated PKI
+        let any = "127.0.0.1:0".parse().unwrap(); // literal
+        let listener = QuicListener::bind(any, Arc::new(server_tls), &settings).unwrap(); // port 0
+        let listener = Arc::new(AnyListener::from(listener));
+
+        let api = Service {
+            ca_pem: Some(Arc::from("A".repeat(3 * CA_CHUNK_LEN + 5))),
+            ..http_service("api", None, Some(8443))
+        };
+        let store = ConfigDirectory::new(directory(vec![api.clone()]));
+        let shutdown = Shutdown::new();
+        let context = Arc::new(ServerContext {
+            registry: Arc::new(Registry::new()),
+            tunnels,
+            directory: store.subscribe(),
+            settings: ServerSettings {
+                edge_name: "test-edge".into(),
+                register_timeout: GUARD,
+                heartbeat_interval: GUARD,
+                retry_after: GUARD,
+                drain_grace: Duration::from_secs(1),
+            },
+            shutdown: shutdown.clone(),
+        });
+        shutdown.spawn(run(listener.clone(), context));
+
+        let client_tls =
+            tls::client_config(&EdgeVerification::Pin(pki.ca_pin), &[quic::ALPN]).unwrap(); // pin
+        let dialer =
+            AnyDialer::from(QuicDialer::new(Arc::new(client_tls), &settings, any).unwrap()); // port 0
+        let conn = dialer
+            .connect(listener.local_addr(), "underpass-edge")
+            .await
+            .unwrap(); // the edge listens
+        let mut control = ControlChannel::open(&conn).await.unwrap(); // connected
+        let register = Register {
+            tunnel_id: tunnel.id,
+            proof: registration_proof(&conn, &tunnel.id, &tunnel.secret).unwrap(), // TLS 1.3
+            connector_id: ConnectorId([1; 16]),
+            connection_index: 0,
+            version: "test".into(),
+            routes: Vec::new(),
+        };
+        control
+            .send(&ControlMessage::Register(register))
+            .await
+            .unwrap(); // connected
+        let accepted = next(&mut control).await;
+        assert!(
+            matches!(accepted, ControlMessage::RegisterAccepted(_)),
+            "{accepted:?}"
+        );
+
+        // Right after the registration: the policy, CA bundle in chunks, generation 1.
+        let first = next_policy(&mut control).await;
+        assert_eq!(first.service.id, api.id);
+        assert_eq!(first.service.generation, 1);
+        assert_eq!(first.ca_pem.as_deref(), api.ca_pem.as_deref());
+
+        // A changed policy is sent again with a higher generation; an unchanged directory
+        // sends nothing (the heartbeat answer comes next).
+        store.publish(directory(vec![Service {
+            tls: TlsVerification::Disabled,
+            ..api.clone()
+        }]));
+        let second = next_policy(&mut control).await;
+        assert_eq!(second.service.generation, 2);
+        assert_eq!(second.tls, TlsVerification::Disabled);
+        assert_eq!(second.ca_pem, first.ca_pem);
+        store.publish(directory(vec![Service {
+            tls: TlsVerification::Disabled,
+            ..api.clone()
+        }]));
+        let beat = Heartbeat { seq: 3 };
+        control
+            .send(&ControlMessage::Heartbeat(beat))
+            .await
+            .unwrap(); // open
+        assert_eq!(next(&mut control).await, ControlMessage::HeartbeatAck(beat));
+
+        // The service goes away.
+        store.publish(Directory::default());
+        assert_eq!(
+            next(&mut control).await,
+            ControlMessage::ServiceRemoved(api.id)
+        );
+
+        shutdown.shutdown(Duration::from_secs(5)).await;
+        listener.close();
+    }
 }

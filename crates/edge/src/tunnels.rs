@@ -1,57 +1,33 @@
 //! Tunnels: id, name and secret, kept in `tunnels.json` (mode 0600) in the state directory.
 //!
-//! `underpass-edge tunnel create` writes the file while an edge may be serving; the serving
-//! edge notices: a lookup that misses re-reads the file when it changed on disk (a `stat`, and
-//! a read only if the file is new), so a new tunnel works without a restart.
+//! Lookups are answered from memory, never from the disk: a registration (even an
+//! unauthenticated one, with an unknown tunnel id) costs no system call. `underpass-edge
+//! tunnel create` writes the file while an edge may be serving; the serving edge notices
+//! because a background task looks at the file every [`REFRESH_INTERVAL`], on a blocking
+//! thread, and re-reads it when it changed ([`TunnelStore::refresh`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
-use underpass_proto::{TunnelId, TunnelSecret, TunnelToken};
+use underpass_proto::{TunnelId, TunnelSecret};
+use underpass_rt::Shutdown;
 
+pub use crate::model::{parse_tunnel_id, Tunnel};
 use crate::state::{io_error, read, warn_if_readable_by_others, write_file, StateError};
+
+/// How often a serving edge looks for changes to `tunnels.json`.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The file name inside the state directory.
 pub const TUNNELS_FILE: &str = "tunnels.json";
 /// Longest tunnel name.
 const MAX_TUNNEL_NAME: usize = 64;
-
-/// One tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tunnel {
-    /// Its id (in tokens and registrations).
-    pub id: TunnelId,
-    /// Its name (in the config and the CLI).
-    pub name: String,
-    /// The secret connectors prove they hold. `Debug` prints `***`.
-    pub secret: TunnelSecret,
-    /// Creation time, seconds since the Unix epoch.
-    pub created_at: u64,
-}
-
-impl Tunnel {
-    /// The id as 32 lowercase hex digits.
-    pub fn id_hex(&self) -> String {
-        hex::encode(self.id.0)
-    }
-
-    /// The token a connector of this tunnel runs with.
-    pub fn token(&self, edges: Vec<String>, server_name: &str, ca_pin: [u8; 32]) -> TunnelToken {
-        TunnelToken {
-            tunnel_id: self.id,
-            secret: self.secret.clone(),
-            edges,
-            server_name: server_name.to_owned(),
-            ca_pin,
-        }
-    }
-}
 
 /// The tunnels of one state directory, cached in memory.
 #[derive(Debug)]
@@ -141,28 +117,23 @@ impl TunnelStore {
         Ok(tunnel)
     }
 
-    /// The tunnel with this id.
+    /// The tunnel with this id (from memory).
     pub fn by_id(&self, id: &TunnelId) -> Option<Tunnel> {
         self.find(|t| t.id == *id)
     }
 
-    /// The tunnel a config entry refers to: by name, else by id (32 hex digits).
+    /// The tunnel a config entry refers to: by name, else by id (32 hex digits); from memory.
     pub fn resolve(&self, reference: &str) -> Option<Tunnel> {
         let id = parse_tunnel_id(reference);
         self.find(|t| t.name == reference || Some(t.id) == id)
     }
 
-    /// Every tunnel, oldest first (re-read from disk if the file changed).
+    /// Every tunnel known, oldest first (from memory).
     pub fn list(&self) -> Vec<Tunnel> {
-        self.refresh();
         self.read_lock().tunnels.clone()
     }
 
     fn find(&self, matches: impl Fn(&Tunnel) -> bool) -> Option<Tunnel> {
-        if let Some(found) = self.read_lock().tunnels.iter().find(|t| matches(t)) {
-            return Some(found.clone());
-        }
-        self.refresh();
         self.read_lock()
             .tunnels
             .iter()
@@ -170,16 +141,42 @@ impl TunnelStore {
             .cloned()
     }
 
-    /// Re-read the file if it changed since it was last read. A broken file is reported and
-    /// the tunnels already known are kept.
-    fn refresh(&self) {
+    /// Re-read the file if it changed since it was last read (a `stat`, and a read only if it
+    /// changed); returns whether it was re-read. Blocking: on a runtime, call it from a
+    /// blocking thread. A broken file is reported and the tunnels already known are kept.
+    pub fn refresh(&self) -> bool {
         let current = stamp(&self.path);
         if current == self.read_lock().stamp {
-            return;
+            return false;
         }
         match self.read_file() {
-            Ok(loaded) => *self.write_lock() = loaded,
-            Err(error) => warn!(%error, "cannot reload tunnels; keeping the ones already known"),
+            Ok(loaded) => {
+                info!(tunnels = loaded.tunnels.len(), "tunnels reloaded");
+                *self.write_lock() = loaded;
+                true
+            }
+            Err(error) => {
+                warn!(%error, "cannot reload tunnels; keeping the ones already known");
+                false
+            }
+        }
+    }
+
+    /// Call [`refresh`](TunnelStore::refresh) every `interval`, on a blocking thread, until
+    /// `shutdown` begins stopping.
+    pub(crate) async fn refresh_every(self: Arc<Self>, interval: Duration, shutdown: Shutdown) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = std::pin::pin!(shutdown.stopping());
+        loop {
+            tokio::select! {
+                () = &mut stopping => return,
+                _ = ticks.tick() => {}
+            }
+            let store = self.clone();
+            if let Err(error) = tokio::task::spawn_blocking(move || store.refresh()).await {
+                warn!(%error, "tunnel refresh failed");
+            }
         }
     }
 
@@ -244,13 +241,6 @@ impl TunnelStore {
     }
 }
 
-/// Parse 32 hex digits as a tunnel id.
-pub fn parse_tunnel_id(text: &str) -> Option<TunnelId> {
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(text, &mut id).ok()?;
-    Some(TunnelId(id))
-}
-
 fn valid_tunnel_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_TUNNEL_NAME
@@ -290,9 +280,13 @@ mod tests {
         assert_eq!(store.resolve(&prod.id_hex()), Some(prod.clone()));
         assert_eq!(store.by_id(&prod.id), Some(prod.clone()));
 
-        // Another process (here: another store) adds a tunnel; the first one finds it.
+        // Another process (here: another store) adds a tunnel; the first one finds it once it
+        // has refreshed, and not before (lookups never touch the disk).
         let other = TunnelStore::open(dir.path()).unwrap(); // file exists
         let staging = other.create("staging").unwrap(); // new name
+        assert_eq!(store.by_id(&staging.id), None);
+        assert!(store.refresh());
+        assert!(!store.refresh(), "unchanged file: not read again");
         assert_eq!(store.by_id(&staging.id), Some(staging));
         assert_eq!(store.list().len(), 2);
         assert_ne!(prod.secret.0, [0u8; 32]);

@@ -20,6 +20,16 @@ fn edge(args: &[&str], config: &Path) -> Output {
         .expect("run underpass-edge")
 }
 
+/// Run the binary with exactly `args`.
+fn edge_raw(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("UNDERPASS_EDGE_CONFIG")
+        .output()
+        .expect("run underpass-edge")
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("UTF-8 stdout")
 }
@@ -121,6 +131,64 @@ fn bad_config_exits_64() -> anyhow::Result<()> {
     assert!(String::from_utf8(output.stderr)?.contains("public_addresses"));
     // ... and no tunnel was saved.
     assert!(!dir.path().join("state/tunnels.json").exists());
+    Ok(())
+}
+
+#[test]
+fn a_bad_command_line_exits_64_and_help_exits_0() {
+    for args in [
+        &["--bogus"][..],
+        &["serve", "--nope"],
+        &["tunnel"],
+        &["no-such-command"],
+        &["tunnel", "create"],
+    ] {
+        let output = edge_raw(args);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");
+        assert!(!output.stderr.is_empty(), "{args:?}: says why");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+    for args in [&["--help"][..], &["--version"], &["tunnel", "--help"]] {
+        let output = edge_raw(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}: printed on stdout");
+    }
+    // No config at all is a usage error too.
+    let output = edge_raw(&["check-config"]);
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+}
+
+#[test]
+fn config_errors_name_the_entry_and_the_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("edge.toml");
+    let cases = [
+        (
+            "[[network]]\nname = \"corp\"\ntunnel = \"prod\"\n[[binding]]\nname = \"x\"\n\
+             listen = \"nope\"\nnetwork = \"corp\"\n",
+            "binding \"x\": listen: ",
+        ),
+        (
+            "[[binding]]\nname = \"x\"\nlisten = \"127.0.0.1:0\"\nnetwork = \"gone\"\n",
+            "binding \"x\": network: no [[network]] named \"gone\"",
+        ),
+        (
+            "[quic]\nkeep_alive_ms = 60000\nidle_timeout_ms = 30000\n",
+            "quic.keep_alive_ms (60000) must be below quic.idle_timeout_ms (30000)",
+        ),
+        (
+            "[[service]]\nname = \"api\"\ntype = \"http\"\ntunnel = \"prod\"\n\
+             host = { ipv4 = \"10.0.0.1\" }\ntls = { ca_file = \"missing.pem\" }\n",
+            "service \"api\": tls.ca_file ",
+        ),
+    ];
+    for (body, expected) in cases {
+        std::fs::write(&config, format!("state_dir = \"state\"\n{body}"))?;
+        let output = edge(&["check-config"], &config);
+        assert_eq!(output.status.code(), Some(64), "{body}: {output:?}");
+        let stderr = String::from_utf8(output.stderr)?;
+        assert!(stderr.contains(expected), "{body}: {stderr}");
+    }
     Ok(())
 }
 

@@ -2,9 +2,7 @@
 
 use std::io::Write;
 
-use underpass_edge::config::{BindingMode, ConfigError, EdgeConfig};
-use underpass_edge::directory::{BindingTarget, ServicePorts};
-use underpass_proto::{Host, Scheme, TlsVerification};
+use underpass_edge::config::{BindingMode, ConfigError, EdgeConfig, ServiceKind};
 
 const EXAMPLE: &str = include_str!("../../../deploy/edge.example.toml");
 
@@ -18,25 +16,17 @@ fn invalid(text: &str) -> String {
 #[test]
 fn the_example_is_valid() {
     let config = EdgeConfig::from_toml(EXAMPLE).expect("example parses");
-    let directory = config.directory().expect("example validates");
+    config.validate().expect("example validates");
     assert_eq!(config.public_addresses, ["edge.example.com:7844"]);
-    assert_eq!(directory.bindings.len(), 4);
-    assert_eq!(directory.bindings[3].mode, BindingMode::Tcp);
-    let BindingTarget::Service(redis) = &directory.bindings[1].target else {
-        panic!("REDIS serves a service");
-    };
-    assert_eq!(redis.host, Host::Name("redis.internal".into()));
-    assert_eq!(redis.ports, ServicePorts::Tcp(6379));
+    assert_eq!(config.bindings.len(), 4);
+    assert_eq!(config.bindings[3].mode, BindingMode::Tcp);
+    assert_eq!(config.bindings[0].max_connections, 1024);
+    assert_eq!(config.services[0].kind, ServiceKind::Tcp);
     assert_eq!(
-        redis.resolvers,
+        config.services[0].host.resolver_ips,
         vec!["10.0.0.2:53".parse().expect("literal")]
     );
-    let BindingTarget::Service(api) = &directory.bindings[2].target else {
-        panic!("API serves a service");
-    };
-    // Only http_port is set: an https URL is forced to plain HTTP on 8080.
-    assert_eq!(api.http_endpoint(Scheme::Https), Some((Scheme::Http, 8080)));
-    assert_eq!(api.tls, TlsVerification::VerifyFull);
+    assert_eq!(config.quic.max_handshakes, Some(64));
 }
 
 #[test]
@@ -94,10 +84,10 @@ fn tcp_mode_binding_needs_a_tcp_service() {
         format!("{base}[[binding]]\nname = \"B\"\nlisten = \"127.0.0.1:0\"\n{target}\nmode = \"{mode}\"\n")
     };
     let config = EdgeConfig::from_toml(&binding("service = \"s\"", "tcp")).expect("parses");
-    let directory = config
-        .directory()
+    config
+        .validate()
         .expect("a tcp binding to a tcp service is valid");
-    assert_eq!(directory.bindings[0].mode, BindingMode::Tcp);
+    assert_eq!(config.bindings[0].mode, BindingMode::Tcp);
     let network = invalid(&binding("network = \"n\"", "tcp"));
     assert!(network.contains("type = \"tcp\""), "{network}");
     let http = invalid(&binding("service = \"h\"", "tcp"));
@@ -105,10 +95,8 @@ fn tcp_mode_binding_needs_a_tcp_service() {
     let unknown = invalid(&binding("service = \"s\"", "udp"));
     assert!(unknown.contains("udp"), "{unknown}");
     let proxy = EdgeConfig::from_toml(&binding("service = \"s\"", "proxy")).expect("parses");
-    assert_eq!(
-        proxy.directory().expect("valid").bindings[0].mode,
-        BindingMode::Proxy
-    );
+    proxy.validate().expect("valid");
+    assert_eq!(proxy.bindings[0].mode, BindingMode::Proxy);
 }
 
 #[test]
@@ -153,8 +141,7 @@ fn load_resolves_relative_paths_and_reads_ca_files() -> anyhow::Result<()> {
     )?;
     let config = EdgeConfig::load(&config_path)?;
     assert_eq!(config.state_dir, dir.path().join("state"));
-    let directory = config.directory()?;
-    assert!(directory.bindings.is_empty());
+    assert!(config.bindings.is_empty());
 
     let read = EdgeConfig::load(&dir.path().join("absent.toml")).unwrap_err();
     assert!(matches!(read, ConfigError::Read { .. }), "{read}");

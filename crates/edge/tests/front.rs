@@ -3,32 +3,20 @@
 
 mod common;
 
-use common::{add_network_binding, add_service_binding, edge_config, request};
-use underpass_edge::config::{ServiceConfig, ServiceHost, ServiceKind, ServiceTls};
-use underpass_edge::Edge;
+use std::time::Duration;
 
-fn http_service(name: &str, tunnel: &str) -> ServiceConfig {
-    ServiceConfig {
-        name: name.into(),
-        kind: ServiceKind::Http,
-        tunnel: tunnel.into(),
-        host: ServiceHost::ip("127.0.0.7".parse().expect("literal")),
-        tcp_port: None,
-        http_port: None,
-        https_port: None,
-        tls: ServiceTls::default(),
-    }
-}
+use common::{http_service, read_head, read_length_body, request, EdgeBuilder, HANG_GUARD};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn front_answers_without_a_connector() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = edge_config(dir.path());
-    add_network_binding(&mut config, "VPC", "corp", "prod");
-    add_network_binding(&mut config, "GHOST", "ghost-net", "no-such-tunnel");
-    config.services.push(http_service("api", "prod"));
-    add_service_binding(&mut config, "API", "api");
-    let edge = Edge::start(config).await?;
+    let (edge, _dir) = EdgeBuilder::new()
+        .network_binding("VPC", "corp", "prod")
+        .network_binding("GHOST", "ghost-net", "no-such-tunnel")
+        .service(http_service("api", "prod"))
+        .service_binding("API", "api")
+        .start()
+        .await;
     edge.create_tunnel("prod")?;
     let vpc = edge.binding_addr("VPC").expect("binding VPC");
 
@@ -94,32 +82,57 @@ async fn front_answers_without_a_connector() -> anyhow::Result<()> {
     let value = head.header("proxy-status").expect("Proxy-Status header");
     assert!(value.contains("does not exist"), "{value}");
 
-    tokio::time::timeout(common::HANG_GUARD, edge.shutdown()).await?;
+    tokio::time::timeout(HANG_GUARD, edge.shutdown()).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn keep_alive_serves_several_requests_on_one_connection() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = edge_config(dir.path());
-    add_network_binding(&mut config, "VPC", "corp", "prod");
-    let edge = Edge::start(config).await?;
+    let (edge, _dir) = EdgeBuilder::new()
+        .network_binding("VPC", "corp", "prod")
+        .start()
+        .await;
     let vpc = edge.binding_addr("VPC").expect("binding VPC");
     let (mut stream, head) = request(vpc, "CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n").await;
     assert_eq!(head.status, 503);
     // Consume the body announced by Content-Length, then ask again on the same connection.
-    let len: usize = head.header("content-length").expect("length").parse()?;
-    let mut body = head.rest.clone();
-    while body.len() < len {
-        let mut chunk = [0u8; 512];
-        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await?;
-        assert!(n > 0);
-        body.extend_from_slice(&chunk[..n]);
-    }
-    tokio::io::AsyncWriteExt::write_all(&mut stream, b"CONNECT 127.0.0.1:2 HTTP/1.1\r\n\r\n")
+    read_length_body(&mut stream, &head).await;
+    stream
+        .write_all(b"CONNECT 127.0.0.1:2 HTTP/1.1\r\n\r\n")
         .await?;
-    let head = common::read_head(&mut stream).await;
+    let head = read_head(&mut stream).await;
     assert_eq!(head.status, 503);
-    edge.shutdown().await;
+    tokio::time::timeout(HANG_GUARD, edge.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_binding_at_its_connection_limit_accepts_again_when_one_ends() -> anyhow::Result<()> {
+    let (edge, _dir) = EdgeBuilder::new()
+        .network_binding("VPC", "corp", "prod")
+        .with(|config| config.bindings[0].max_connections = 1)
+        .start()
+        .await;
+    let vpc = edge.binding_addr("VPC").expect("binding VPC");
+    let ask = "CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n";
+
+    // The first client holds the only slot (its connection stays open, kept alive).
+    let (mut first, head) = request(vpc, ask).await;
+    assert_eq!(head.status, 503);
+    read_length_body(&mut first, &head).await;
+
+    // The second one connects (the kernel queues it) but is not served while the first is
+    // open. This wait can only make the test pass wrongly on a slow machine, never fail.
+    let mut second = tokio::net::TcpStream::connect(vpc).await?;
+    second.write_all(ask.as_bytes()).await?;
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+    assert!(early.is_err(), "served beyond the limit: {early:?}");
+
+    // The first one leaves: the second is accepted and answered.
+    drop(first);
+    let head = read_head(&mut second).await;
+    assert_eq!(head.status, 503, "{head:?}");
+    tokio::time::timeout(HANG_GUARD, edge.shutdown()).await?;
     Ok(())
 }

@@ -1,72 +1,29 @@
-//! Registration and `CONNECT` through a real QUIC connection. The connector side is a minimal
-//! one written here with the mux and transport crates (the real connector is exercised by the
-//! end-to-end tests in `tests/`).
+//! Registration, service policies and `CONNECT` through a real QUIC connection, with the fake
+//! connector of `common::connector`.
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{add_network_binding, add_service_binding, edge_config, request, HANG_GUARD};
+use common::connector::{self, connect, dial, register};
+use common::{request, tcp_service, EdgeBuilder, HANG_GUARD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use underpass_edge::config::{ServiceConfig, ServiceHost, ServiceKind, ServiceTls};
-use underpass_edge::{Edge, EdgeHandle};
-use underpass_mux::{accept_stream, registration_proof, ControlChannel};
+use underpass_edge::config::{CertVerificationMode, ServiceHost};
+use underpass_mux::accept_stream;
 use underpass_proto::{
-    ConnectorId, ControlMessage, DialTarget, Heartbeat, Host, ProxyStatus, RefuseReason, Register,
-    StreamHeader, StreamReply, TunnelId, TunnelSecret, TunnelToken,
+    ConnectorId, ControlMessage, DialTarget, Heartbeat, Host, HttpResponseHead, Origin,
+    ProxyStatus, RefuseReason, StreamHeader, StreamReply, TlsVerification, TunnelId, TunnelSecret,
+    CA_CHUNK_LEN,
 };
-use underpass_transport::quic::{
-    self, QuicConnection, QuicDialer, QuicRecv, QuicSend, QuicSettings,
-};
-use underpass_transport::tls::{self, EdgeVerification};
-use underpass_transport::{Connection, RecvStream, SendStream};
+use underpass_transport::{AnyConnection, Connection, RecvStream, SendStream};
 
 /// The fake connector refuses streams to this port, as if the origin refused.
 const REFUSED_PORT: u16 = 1;
 
-type Control = ControlChannel<QuicSend, QuicRecv>;
-
-async fn dial(
-    edge: &EdgeHandle,
-    token: &TunnelToken,
-) -> anyhow::Result<(QuicDialer, QuicConnection)> {
-    let tls = tls::client_config(&EdgeVerification::Pin(token.ca_pin), &[quic::ALPN])?;
-    let settings = QuicSettings {
-        socket_buffer: 1 << 20,
-        ..QuicSettings::default()
-    };
-    let dialer = QuicDialer::new(Arc::new(tls), &settings, "127.0.0.1:0".parse()?)?;
-    let conn = dialer.connect(edge.quic_addr(), &token.server_name).await?;
-    Ok((dialer, conn))
-}
-
-async fn register(
-    conn: &QuicConnection,
-    tunnel_id: TunnelId,
-    secret: &TunnelSecret,
-) -> anyhow::Result<(Control, ControlMessage)> {
-    let mut control = ControlChannel::open(conn).await?;
-    let proof = registration_proof(conn, &tunnel_id, secret)?;
-    let register = Register {
-        tunnel_id,
-        proof,
-        connector_id: ConnectorId([0x42; 16]),
-        connection_index: 0,
-        version: "test-connector".into(),
-        routes: Vec::new(),
-    };
-    control.send(&ControlMessage::Register(register)).await?;
-    let reply = tokio::time::timeout(HANG_GUARD, control.recv())
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("control stream ended without a reply"))?;
-    Ok((control, reply))
-}
-
-/// Accept the edge's streams: report each target, refuse [`REFUSED_PORT`], echo the rest
+/// Accept the edge's TCP streams: report each origin, refuse [`REFUSED_PORT`], echo the rest
 /// (finishing after the edge finishes, so half-close is visible end to end).
-async fn serve_streams(conn: QuicConnection, seen: mpsc::UnboundedSender<DialTarget>) {
+async fn serve_streams(conn: AnyConnection, seen: mpsc::UnboundedSender<Origin>) {
     while let Ok(mut incoming) = accept_stream(&conn).await {
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -74,8 +31,8 @@ async fn serve_streams(conn: QuicConnection, seen: mpsc::UnboundedSender<DialTar
             else {
                 return;
             };
-            let _ = seen.send(connect.target.clone());
-            if connect.target.port == REFUSED_PORT {
+            let _ = seen.send(connect.origin.clone());
+            if matches!(&connect.origin, Origin::Dial(t) if t.port == REFUSED_PORT) {
                 let details = "connection refused by the origin".to_owned();
                 let _ = incoming
                     .refuse(ProxyStatus::ConnectionRefused, details)
@@ -110,30 +67,33 @@ async fn echo_through(binding: std::net::SocketAddr, target: &str, payload: &[u8
     echoed
 }
 
+fn dial_target(origin: Origin) -> DialTarget {
+    match origin {
+        Origin::Dial(target) => target,
+        Origin::Service(service) => panic!("expected an address, got {service:?}"),
+    }
+}
+
 #[tokio::test]
 async fn registered_connector_carries_connect() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = edge_config(dir.path());
-    add_network_binding(&mut config, "VPC", "corp", "prod");
-    config.services.push(ServiceConfig {
-        name: "redis".into(),
-        kind: ServiceKind::Tcp,
-        tunnel: "prod".into(),
-        host: ServiceHost::hostname("redis.internal", vec!["127.0.0.1:5353".parse()?]),
-        tcp_port: Some(6379),
-        http_port: None,
-        https_port: None,
-        tls: ServiceTls::default(),
-    });
-    add_service_binding(&mut config, "REDIS", "redis");
-    let edge = Edge::start(config).await?;
+    let redis = tcp_service(
+        "redis",
+        "prod",
+        ServiceHost::hostname("redis.internal", vec!["127.0.0.1:5353".parse()?]),
+        6379,
+    );
+    let (edge, _dir) = EdgeBuilder::new()
+        .network_binding("VPC", "corp", "prod")
+        .service(redis)
+        .service_binding("REDIS", "redis")
+        .start()
+        .await;
     let token = edge.create_tunnel("prod")?;
     assert_eq!(token.edges, vec![edge.quic_addr().to_string()]);
 
-    let (_dialer, conn) = dial(&edge, &token).await?;
-    let (mut control, reply) = register(&conn, token.tunnel_id, &token.secret).await?;
-    let ControlMessage::RegisterAccepted(accepted) = reply else {
-        panic!("expected RegisterAccepted, got {reply:?}");
+    let mut connected = connect(&edge, &token).await?;
+    let ControlMessage::RegisterAccepted(accepted) = &connected.reply else {
+        panic!("expected RegisterAccepted, got {:?}", connected.reply);
     };
     assert_eq!(accepted.edge_name, "underpass-edge");
     assert!(accepted.heartbeat_interval_ms > 0);
@@ -146,6 +106,16 @@ async fn registered_connector_carries_connect() -> anyhow::Result<()> {
         ConnectorId([0x42; 16])
     );
 
+    // The tunnel's one service comes right after the registration, once.
+    let (policies, _) = connector::policies(&mut connected.control, 1).await?;
+    let policy = &policies[0];
+    assert_eq!(policy.name, "redis");
+    assert_eq!(policy.host, Host::Name("redis.internal".into()));
+    assert_eq!(policy.tcp_port, Some(6379));
+    assert_eq!(policy.resolvers, vec!["127.0.0.1:5353".parse()?]);
+    assert_eq!(policy.service.generation, 1);
+
+    let control = &mut connected.control;
     control
         .send(&ControlMessage::Heartbeat(Heartbeat { seq: 7 }))
         .await?;
@@ -156,20 +126,20 @@ async fn registered_connector_carries_connect() -> anyhow::Result<()> {
     );
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    tokio::spawn(serve_streams(conn.clone(), seen_tx));
+    tokio::spawn(serve_streams(connected.conn.clone(), seen_tx));
     let vpc = edge.binding_addr("VPC").expect("binding VPC");
 
     // Network binding: the client's address is the destination; half-close passes through.
     let echoed = echo_through(vpc, "127.0.0.9:7000", b"PING\r\n").await;
     assert_eq!(echoed, b"PING\r\n");
-    let target = seen.recv().await.expect("target seen");
+    let target = dial_target(seen.recv().await.expect("origin seen"));
     assert_eq!(target.host, Host::Ip("127.0.0.9".parse()?));
     assert_eq!(target.port, 7000);
     assert!(target.resolvers.is_empty());
 
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(echo_through(vpc, "[::1]:7001", &payload).await, payload);
-    let target = seen.recv().await.expect("target seen");
+    let target = dial_target(seen.recv().await.expect("origin seen"));
     assert_eq!((target.host, target.port), (Host::Ip("::1".parse()?), 7001));
 
     // The connector's refusal reaches the client as status + Proxy-Status.
@@ -184,18 +154,17 @@ async fn registered_connector_carries_connect() -> anyhow::Result<()> {
         value,
         r#"underpass; error=connection_refused; details="connection refused by the origin""#
     );
-    seen.recv().await.expect("target seen");
+    seen.recv().await.expect("origin seen");
 
-    // TCP service binding: the configured host and port, whatever the client asked.
+    // TCP service binding: the stream names the service (at the policy's generation), whatever
+    // the client asked; the connector has host, port and resolvers from the policy.
     let redis = edge.binding_addr("REDIS").expect("binding REDIS");
     assert_eq!(echo_through(redis, "127.0.0.200:1234", b"x").await, b"x");
-    let target = seen.recv().await.expect("target seen");
-    assert_eq!(target.host, Host::Name("redis.internal".into()));
-    assert_eq!(target.port, 6379);
-    assert_eq!(target.resolvers, vec!["127.0.0.1:5353".parse()?]);
+    let origin = seen.recv().await.expect("origin seen");
+    assert_eq!(origin, Origin::Service(policy.service));
 
     // The connector goes away: the registry forgets the connection.
-    conn.close(0, b"bye");
+    connected.conn.close(0, b"bye");
     let tunnel = token.tunnel_id;
     tokio::time::timeout(
         HANG_GUARD,
@@ -209,9 +178,106 @@ async fn registered_connector_carries_connect() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_512_kib_ca_bundle_travels_once_and_fetch_names_the_service() -> anyhow::Result<()> {
+    let builder = EdgeBuilder::new();
+    let ca_file = builder.dir().join("big-ca.pem");
+    let block = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let bundle = block.repeat(512 * 1024 / block.len() + 1);
+    assert!(bundle.len() > 512 * 1024);
+    std::fs::write(&ca_file, &bundle)?;
+    let mut api = common::http_service("api", "prod");
+    api.https_port = Some(8443);
+    api.tls.cert_verification_mode = CertVerificationMode::VerifyCa;
+    api.tls.ca_file = Some(ca_file);
+    let (edge, _dir) = builder
+        .service(api)
+        .service_binding("API", "api")
+        .start()
+        .await;
+    let token = edge.create_tunnel("prod")?;
+    let mut connected = connect(&edge, &token).await?;
+    assert!(
+        matches!(connected.reply, ControlMessage::RegisterAccepted(_)),
+        "{:?}",
+        connected.reply
+    );
+
+    let (policies, messages) = connector::policies(&mut connected.control, 1).await?;
+    let policy = &policies[0];
+    assert_eq!(policy.ca_pem.as_deref(), Some(bundle.as_str()));
+    assert_eq!(policy.tls, TlsVerification::VerifyCa);
+    assert_eq!((policy.http_port, policy.https_port), (None, Some(8443)));
+    assert_eq!(messages, 1 + bundle.len().div_ceil(CA_CHUNK_LEN));
+
+    // A fetch() carries only the service and generation; the connector answers.
+    let conn = connected.conn.clone();
+    let answered = tokio::spawn(async move {
+        let mut incoming = accept_stream(&conn).await.expect("edge opens a stream");
+        let header = incoming.header(HANG_GUARD).await.expect("stream header");
+        let reply = StreamReply::Http(HttpResponseHead {
+            status: 204,
+            headers: Vec::new(),
+            body: underpass_proto::BodyKind::Empty,
+        });
+        incoming.reply(&reply).await.expect("reply");
+        let (mut send, _recv) = incoming.into_parts();
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        header
+    });
+    let binding = edge.binding_addr("API").expect("binding API");
+    let (_, head) = request(binding, "GET http://api.internal/x HTTP/1.1\r\n\r\n").await;
+    assert_eq!(head.status, 204, "{head:?}");
+    let StreamHeader::Http(sent) = tokio::time::timeout(HANG_GUARD, answered).await?? else {
+        panic!("an HTTP stream");
+    };
+    assert_eq!(sent.origin, Origin::Service(policy.service));
+    // Only https_port is set: https is forced.
+    assert_eq!(sent.scheme, underpass_proto::Scheme::Https);
+
+    // Heartbeats still answered after the bundle: the control stream is in step.
+    let control = &mut connected.control;
+    control
+        .send(&ControlMessage::Heartbeat(Heartbeat { seq: 1 }))
+        .await?;
+    assert_eq!(
+        connector::next(control).await?,
+        ControlMessage::HeartbeatAck(Heartbeat { seq: 1 })
+    );
+    edge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_the_edge_cannot_encode_is_proxy_internal_error() -> anyhow::Result<()> {
+    let (edge, _dir) = EdgeBuilder::new()
+        .network_binding("VPC", "corp", "prod")
+        .start()
+        .await;
+    let token = edge.create_tunnel("prod")?;
+    let connected = connect(&edge, &token).await?;
+    assert!(matches!(
+        connected.reply,
+        ControlMessage::RegisterAccepted(_)
+    ));
+    let vpc = edge.binding_addr("VPC").expect("binding VPC");
+    // One header larger than a frame: the head cannot be encoded.
+    let huge = "a".repeat(70 * 1024);
+    let (_, head) = request(
+        vpc,
+        &format!("GET http://db.internal/ HTTP/1.1\r\nx-huge: {huge}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(head.status, 500, "{head:?}");
+    let value = head.header("proxy-status").expect("Proxy-Status header");
+    assert!(value.contains("error=proxy_internal_error"), "{value}");
+    edge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn wrong_secret_and_unknown_tunnel_are_refused() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let edge = Edge::start(edge_config(dir.path())).await?;
+    let (edge, _dir) = EdgeBuilder::new().start().await;
     let token = edge.create_tunnel("prod")?;
 
     let (_dialer, conn) = dial(&edge, &token).await?;
@@ -238,45 +304,44 @@ async fn wrong_secret_and_unknown_tunnel_are_refused() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn shutdown_drains_registered_connectors() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let edge = Edge::start(edge_config(dir.path())).await?;
+    let (edge, _dir) = EdgeBuilder::new().start().await;
     let token = edge.create_tunnel("prod")?;
-    let (_dialer, conn) = dial(&edge, &token).await?;
-    let (mut control, reply) = register(&conn, token.tunnel_id, &token.secret).await?;
+    let mut connected = connect(&edge, &token).await?;
     assert!(
-        matches!(reply, ControlMessage::RegisterAccepted(_)),
-        "{reply:?}"
+        matches!(connected.reply, ControlMessage::RegisterAccepted(_)),
+        "{:?}",
+        connected.reply
     );
 
     let stopping = tokio::spawn(edge.shutdown());
-    let notice = tokio::time::timeout(HANG_GUARD, control.recv()).await??;
-    let Some(ControlMessage::Drain(drain)) = notice else {
+    let notice = connector::next(&mut connected.control).await?;
+    let ControlMessage::Drain(drain) = notice else {
         panic!("expected Drain, got {notice:?}");
     };
     assert_eq!(drain.grace_ms, 2_000);
     // No stream is open, so the edge closes at once rather than after the grace period.
     tokio::time::timeout(HANG_GUARD, stopping).await??;
-    tokio::time::timeout(HANG_GUARD, conn.closed()).await?;
+    tokio::time::timeout(HANG_GUARD, connected.conn.closed()).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_connector_that_does_not_answer_gives_connection_timeout() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = edge_config(dir.path());
-    config.timeouts.connect_ms = 300;
-    add_network_binding(&mut config, "VPC", "corp", "prod");
-    let edge = Edge::start(config).await?;
+    let (edge, _dir) = EdgeBuilder::new()
+        .with(|config| config.timeouts.connect_ms = 300)
+        .network_binding("VPC", "corp", "prod")
+        .start()
+        .await;
     let token = edge.create_tunnel("prod")?;
-    let (_dialer, conn) = dial(&edge, &token).await?;
-    let (_control, reply) = register(&conn, token.tunnel_id, &token.secret).await?;
-    assert!(
-        matches!(reply, ControlMessage::RegisterAccepted(_)),
-        "{reply:?}"
-    );
+    let connected = connect(&edge, &token).await?;
+    assert!(matches!(
+        connected.reply,
+        ControlMessage::RegisterAccepted(_)
+    ));
 
     // Read the header, never answer; report how the edge ended the stream.
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let conn = connected.conn.clone();
     tokio::spawn(async move {
         let mut incoming = accept_stream(&conn).await.expect("edge opens a stream");
         incoming.header(HANG_GUARD).await.expect("stream header");

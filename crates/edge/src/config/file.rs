@@ -1,61 +1,26 @@
-//! The edge's configuration file (TOML), parsed and validated once before anything is bound.
-//!
-//! The file names the state directory, the QUIC listen address, and the directory entries for
-//! now: VPC Networks (`[[network]]`), VPC Services (`[[service]]`) and the bindings that serve
-//! them (`[[binding]]`). Tunnels are not in the file: they live in the state directory, created
-//! by `underpass-edge tunnel create`, and entries refer to them by name or id. See
-//! `docs/edge.md` for every key.
+//! The configuration file's schema: one serde struct per TOML table, `deny_unknown_fields`
+//! everywhere. Parsing checks types only; [`EdgeConfig::validate`] checks values.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use underpass_proto::{Host, TlsVerification};
-use underpass_transport::quic::QuicSettings;
+use toml::Spanned;
+use underpass_proto::authority::parse_resolver;
+use underpass_proto::TlsVerification;
 
-use crate::directory::Directory;
+pub use underpass_transport::quic::QuicConfig;
+
+use super::error::ConfigError;
 
 /// The default `server_name`: the name the edge certificate is issued for.
 pub const DEFAULT_SERVER_NAME: &str = "underpass-edge";
 /// The default QUIC listen address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7844);
-/// The DNS port assumed for a `resolver_ips` entry written without one.
-const DNS_PORT: u16 = 53;
-/// The longest name a network, service or binding may have.
-const MAX_NAME_LEN: usize = 128;
-
-/// A configuration that cannot be used. Reported before anything is bound; the binary exits
-/// with status 64 (EX_USAGE).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
-    #[error("invalid config: {0}")]
-    Parse(String),
-    /// A value is out of range or inconsistent with another one.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-    /// A service's `tls.ca_file` could not be read or holds no certificate.
-    #[error("service {service:?}: cannot use tls.ca_file {path}: {detail}")]
-    CaFile {
-        /// The service.
-        service: String,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        detail: String,
-    },
-}
+/// The default `max_connections` of a binding.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// The whole edge configuration. Build it from a file with [`EdgeConfig::load`] or in code
 /// with [`EdgeConfig::new`] and the public fields; [`Edge::start`](crate::Edge::start)
@@ -84,7 +49,8 @@ pub struct EdgeConfig {
     /// Bindings: loopback HTTP forward-proxy listeners, one per network or service.
     #[serde(default, rename = "binding")]
     pub bindings: Vec<BindingConfig>,
-    /// QUIC tuning; unset keys keep the transport's defaults.
+    /// QUIC tuning (`[quic]`, the same keys as the connector's); unset keys keep the
+    /// transport's defaults.
     #[serde(default)]
     pub quic: QuicConfig,
     /// Timeouts of the edge's own protocol steps.
@@ -106,55 +72,6 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig { worker_threads: 1 }
-    }
-}
-
-/// QUIC tuning (`[quic]`); every key is optional and defaults to [`QuicSettings::default`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuicConfig {
-    /// Keep-alive interval on an idle connection, in milliseconds (0 disables).
-    pub keep_alive_ms: Option<u64>,
-    /// A connection silent this long is closed, in milliseconds.
-    pub idle_timeout_ms: Option<u64>,
-    /// Per-stream receive window, in bytes.
-    pub stream_receive_window: Option<u64>,
-    /// Connection-wide receive window, in bytes.
-    pub connection_receive_window: Option<u64>,
-    /// Unacknowledged bytes in flight across all streams.
-    pub send_window: Option<u64>,
-    /// Streams a connector may have open at once.
-    pub max_concurrent_streams: Option<u64>,
-    /// Requested UDP socket buffer size (SO_RCVBUF/SO_SNDBUF), in bytes.
-    pub socket_buffer: Option<usize>,
-}
-
-impl QuicConfig {
-    /// The transport settings: defaults overridden by the keys that are set.
-    pub fn settings(&self) -> QuicSettings {
-        let mut settings = QuicSettings::default();
-        if let Some(ms) = self.keep_alive_ms {
-            settings.keep_alive = Duration::from_millis(ms);
-        }
-        if let Some(ms) = self.idle_timeout_ms {
-            settings.idle_timeout = Duration::from_millis(ms);
-        }
-        if let Some(bytes) = self.stream_receive_window {
-            settings.stream_receive_window = bytes;
-        }
-        if let Some(bytes) = self.connection_receive_window {
-            settings.connection_receive_window = bytes;
-        }
-        if let Some(bytes) = self.send_window {
-            settings.send_window = bytes;
-        }
-        if let Some(streams) = self.max_concurrent_streams {
-            settings.max_concurrent_streams = streams;
-        }
-        if let Some(bytes) = self.socket_buffer {
-            settings.socket_buffer = bytes;
-        }
-        settings
     }
 }
 
@@ -183,33 +100,16 @@ impl Default for Timeouts {
     }
 }
 
-impl Timeouts {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("register_ms", self.register_ms),
-            ("connect_ms", self.connect_ms),
-            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(invalid(format!("timeouts.{key} must be above 0")));
-            }
-        }
-        if self.heartbeat_interval_ms > u64::from(u32::MAX) {
-            return Err(invalid(
-                "timeouts.heartbeat_interval_ms is too large".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
 }
 
 fn default_server_name() -> String {
     DEFAULT_SERVER_NAME.to_owned()
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
 }
 
 /// A VPC Network: every destination the tunnel's connectors route.
@@ -242,6 +142,7 @@ impl fmt::Display for ServiceKind {
 }
 
 /// A VPC Service: one pre-registered private host, always dialed whatever the client asks.
+/// Its id, which connectors know it by, is derived from its name (see `docs/edge.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -313,40 +214,6 @@ impl ServiceHost {
             ..ServiceHost::default()
         }
     }
-
-    /// The host to dial: the IPv4 address if set, else the IPv6 one, else the hostname.
-    pub fn dial_host(&self) -> Option<Host> {
-        match (self.ipv4, self.ipv6, &self.hostname) {
-            (Some(v4), _, _) => Some(Host::Ip(IpAddr::V4(v4))),
-            (None, Some(v6), _) => Some(Host::Ip(IpAddr::V6(v6))),
-            (None, None, Some(name)) => Some(Host::Name(name.clone())),
-            (None, None, None) => None,
-        }
-    }
-
-    pub(crate) fn validate(&self, service: &str) -> Result<(), ConfigError> {
-        let has_ip = self.ipv4.is_some() || self.ipv6.is_some();
-        match (&self.hostname, has_ip) {
-            (Some(_), true) => Err(invalid(format!(
-                "service {service:?}: host takes either ipv4/ipv6 or hostname, not both"
-            ))),
-            (None, false) => Err(invalid(format!(
-                "service {service:?}: host needs ipv4, ipv6 or hostname"
-            ))),
-            (None, true) if !self.resolver_ips.is_empty() => Err(invalid(format!(
-                "service {service:?}: resolver_ips only applies to a hostname host"
-            ))),
-            (Some(name), false) => {
-                if crate::authority::parse_hostname(name).is_none() {
-                    return Err(invalid(format!(
-                        "service {service:?}: {name:?} is not a valid hostname"
-                    )));
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
 }
 
 /// Origin certificate verification for an HTTP service reached over https.
@@ -356,7 +223,7 @@ pub struct ServiceTls {
     /// `verify_full` (chain and name, the default), `verify_ca` (chain only) or `disabled`.
     #[serde(default)]
     pub cert_verification_mode: CertVerificationMode,
-    /// Extra CA certificates (PEM) to trust for this service.
+    /// Extra CA certificates (PEM) to trust for this service, at most 4 MiB.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }
@@ -384,14 +251,14 @@ impl From<CertVerificationMode> for TlsVerification {
     }
 }
 
-/// A binding: a loopback listener serving one network or one service as an HTTP/1.1 forward
-/// proxy (what a Worker's `env.MY_BINDING` talks to).
+/// A binding: a listener serving one network or one service, as an HTTP/1.1 forward proxy
+/// (what a Worker's `env.MY_BINDING` talks to) or as a plain TCP port.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingConfig {
     /// The binding's name (`MY_BINDING`).
     pub name: String,
-    /// TCP address of the forward proxy. Port 0 picks a free port.
+    /// TCP address of the listener. Port 0 picks a free port.
     pub listen: SocketAddr,
     /// The network served (exactly one of `network` and `service`).
     #[serde(default)]
@@ -402,6 +269,49 @@ pub struct BindingConfig {
     /// What the listener speaks: the HTTP forward proxy (default) or plain TCP.
     #[serde(default)]
     pub mode: BindingMode,
+    /// Client connections served at once (default [`DEFAULT_MAX_CONNECTIONS`]); at the limit
+    /// the listener stops accepting until one ends.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl BindingConfig {
+    /// A forward-proxy binding of the network `network`, with the default limits.
+    pub fn network(
+        name: impl Into<String>,
+        listen: SocketAddr,
+        network: impl Into<String>,
+    ) -> Self {
+        BindingConfig {
+            name: name.into(),
+            listen,
+            network: Some(network.into()),
+            service: None,
+            mode: BindingMode::Proxy,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+
+    /// A forward-proxy binding of the service `service`, with the default limits.
+    pub fn service(
+        name: impl Into<String>,
+        listen: SocketAddr,
+        service: impl Into<String>,
+    ) -> Self {
+        BindingConfig {
+            name: name.into(),
+            listen,
+            network: None,
+            service: Some(service.into()),
+            mode: BindingMode::Proxy,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+
+    /// The same binding with another `mode`.
+    pub fn with_mode(self, mode: BindingMode) -> Self {
+        BindingConfig { mode, ..self }
+    }
 }
 
 /// What a binding's listener speaks.
@@ -443,65 +353,15 @@ impl EdgeConfig {
         }
     }
 
-    /// Read, parse and validate a config file. A relative `state_dir` or `ca_file` is taken
-    /// relative to the file's folder.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Self::from_toml(&text)?;
-        if let Some(base) = path.parent() {
-            config.rebase(base);
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parse TOML text (no validation beyond the schema; see [`EdgeConfig::validate`]).
+    /// Parse TOML text (no validation beyond the schema; see [`EdgeConfig::validate`]). An
+    /// error names the entry and the key (`binding "API": listen: invalid socket address
+    /// syntax (line 12)`).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        // toml's Display names the line and column and quotes the offending line.
-        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))
+        toml::from_str(text).map_err(|error| ConfigError::Parse(describe(text, &error)))
     }
 
-    /// Check every value and reference, and read every `ca_file`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.directory().map(drop)
-    }
-
-    /// Validate and resolve the directory entries into what the bindings serve.
-    pub fn directory(&self) -> Result<Directory, ConfigError> {
-        if self.state_dir.as_os_str().is_empty() {
-            return Err(invalid("state_dir must not be empty".into()));
-        }
-        if self.server_name.is_empty()
-            || (crate::authority::parse_hostname(&self.server_name).is_none()
-                && self.server_name.parse::<IpAddr>().is_err())
-        {
-            return Err(invalid(format!(
-                "server_name {:?} is not a valid DNS name or IP address",
-                self.server_name
-            )));
-        }
-        self.quic
-            .settings()
-            .transport_config()
-            .map_err(|e| invalid(format!("[quic]: {e}")))?;
-        self.timeouts.validate()?;
-        if self.runtime.worker_threads > 1024 {
-            return Err(invalid("runtime.worker_threads must be 0 to 1024".into()));
-        }
-        for address in &self.public_addresses {
-            if crate::authority::parse_authority(address).is_err() {
-                return Err(invalid(format!(
-                    "public_addresses: {address:?} is not host:port (IPv6 in brackets)"
-                )));
-            }
-        }
-        Directory::build(self)
-    }
-
-    fn rebase(&mut self, base: &Path) {
+    /// Make a relative `state_dir` or `ca_file` relative to `base` (the file's folder).
+    pub(crate) fn rebase(&mut self, base: &Path) {
         if self.state_dir.is_relative() {
             self.state_dir = base.join(&self.state_dir);
         }
@@ -515,54 +375,145 @@ impl EdgeConfig {
     }
 }
 
-pub(crate) fn check_name(
-    kind: &str,
-    name: &str,
-    seen: &mut HashSet<String>,
-) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !valid {
-        return Err(invalid(format!(
-            "{kind} name {name:?}: use 1-{MAX_NAME_LEN} characters among A-Z a-z 0-9 - _ ."
-        )));
-    }
-    if !seen.insert(name.to_owned()) {
-        return Err(invalid(format!("two {kind}s are named {name:?}")));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_tunnel_ref(what: &str, tunnel: &str) -> Result<(), ConfigError> {
-    if tunnel.is_empty() {
-        return Err(invalid(format!("{what}: tunnel must not be empty")));
-    }
-    Ok(())
-}
-
-pub(crate) fn invalid(message: String) -> ConfigError {
-    ConfigError::Invalid(message)
-}
-
 /// Accept `ip` (port 53) or `ip:port` (IPv6 with a port in brackets).
 fn resolver_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
     let texts = Vec::<String>::deserialize(deserializer)?;
     texts
         .iter()
         .map(|text| {
-            text.parse::<SocketAddr>()
-                .or_else(|_| {
-                    text.parse::<IpAddr>()
-                        .map(|ip| SocketAddr::new(ip, DNS_PORT))
-                })
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "resolver_ips: {text:?} is not an IP address or ip:port"
-                    ))
-                })
+            parse_resolver(text)
+                .map_err(|error| serde::de::Error::custom(format!("resolver_ips: {error}")))
         })
         .collect()
+}
+
+/// The entries and tables of a file, with where each value is: enough to say which entry and
+/// key a parse error is about.
+#[derive(Deserialize)]
+struct Outline {
+    #[serde(default)]
+    network: Vec<Spanned<Entry>>,
+    #[serde(default)]
+    service: Vec<Spanned<Entry>>,
+    #[serde(default)]
+    binding: Vec<Spanned<Entry>>,
+    #[serde(default)]
+    quic: Option<Spanned<Entry>>,
+    #[serde(default)]
+    timeouts: Option<Spanned<Entry>>,
+    #[serde(default)]
+    runtime: Option<Spanned<Entry>>,
+}
+
+type Entry = BTreeMap<String, Spanned<toml::Value>>;
+
+/// `binding "API": listen: <what toml said> (line 12)`: the entry (by name) and the key the
+/// error is in, then serde's message. Falls back to toml's own report (which quotes the line)
+/// when the text is not even TOML.
+fn describe(text: &str, error: &toml::de::Error) -> String {
+    let fallback = || error.to_string().trim_end().to_owned();
+    let Some(at) = error.span().map(|span| span.start) else {
+        return fallback();
+    };
+    let (Ok(outline), Ok(top)) = (
+        toml::from_str::<Outline>(text),
+        toml::from_str::<Entry>(text),
+    ) else {
+        return fallback();
+    };
+    let line = text[..at.min(text.len())].matches('\n').count() + 1;
+    let message = error.message().trim_end();
+    let key_in = |entry: &Entry| {
+        entry
+            .iter()
+            .find(|(_, value)| value.span().contains(&at))
+            .map(|(key, _)| key.clone())
+    };
+    let entries = [
+        ("network", &outline.network),
+        ("service", &outline.service),
+        ("binding", &outline.binding),
+    ];
+    for (kind, list) in entries {
+        for (index, entry) in list.iter().enumerate() {
+            if !entry.span().contains(&at) {
+                continue;
+            }
+            let entry = entry.get_ref();
+            let name = match entry.get("name").map(|n| n.get_ref().as_str()) {
+                Some(Some(name)) => format!("{kind} {name:?}"),
+                _ => format!("{kind} #{}", index + 1),
+            };
+            return match key_in(entry) {
+                Some(key) => format!("{name}: {key}: {message} (line {line})"),
+                None => format!("{name}: {message} (line {line})"),
+            };
+        }
+    }
+    let tables = [
+        ("quic", &outline.quic),
+        ("timeouts", &outline.timeouts),
+        ("runtime", &outline.runtime),
+    ];
+    for (table, entry) in tables {
+        let Some(entry) = entry.as_ref().filter(|e| e.span().contains(&at)) else {
+            continue;
+        };
+        return match key_in(entry.get_ref()) {
+            Some(key) => format!("{table}.{key}: {message} (line {line})"),
+            None => format!("[{table}]: {message} (line {line})"),
+        };
+    }
+    match key_in(&top) {
+        Some(key) => format!("{key}: {message} (line {line})"),
+        None => format!("{message} (line {line})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(text: &str) -> String {
+        match EdgeConfig::from_toml(text) {
+            Ok(_) => panic!("parsed:\n{text}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_entry_and_the_key() {
+        let base = "state_dir = \"x\"\n[[binding]]\nname = \"ok\"\nlisten = \"127.0.0.1:1\"\n\
+                    network = \"n\"\n";
+        let listen = parse_error(&format!(
+            "{base}[[binding]]\nname = \"API\"\nlisten = \"nope\"\nnetwork = \"n\"\n"
+        ));
+        assert!(listen.contains("binding \"API\": listen: "), "{listen}");
+        assert!(listen.contains("(line 8)"), "{listen}");
+        let unknown = parse_error(&format!("{base}max_conections = 3\n"));
+        assert!(
+            unknown.contains("binding \"ok\": unknown field `max_conections`"),
+            "{unknown}"
+        );
+        let port = parse_error(
+            "state_dir = \"x\"\n[[service]]\nname = \"s\"\ntype = \"tcp\"\ntunnel = \"t\"\n\
+             host = { ipv4 = \"127.0.0.1\" }\ntcp_port = 70000\n",
+        );
+        assert!(port.contains("service \"s\": tcp_port: "), "{port}");
+        let quic = parse_error("state_dir = \"x\"\n[quic]\nkeep_alive_ms = \"soon\"\n");
+        assert!(quic.contains("quic.keep_alive_ms: "), "{quic}");
+        let top = parse_error("state_dir = \"x\"\nlisten = 5\n");
+        assert!(top.contains("listen: "), "{top}");
+        let resolver = parse_error(
+            "state_dir = \"x\"\n[[service]]\nname = \"s\"\ntype = \"http\"\ntunnel = \"t\"\n\
+             host = { hostname = \"a.b\", resolver_ips = [\"dns\"] }\n",
+        );
+        assert!(
+            resolver.contains("service \"s\": host: resolver_ips: "),
+            "{resolver}"
+        );
+        assert!(resolver.contains("\"dns\""), "{resolver}");
+        let not_toml = parse_error("state_dir = \n");
+        assert!(not_toml.contains("line 1"), "{not_toml}");
+    }
 }

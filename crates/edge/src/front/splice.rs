@@ -1,0 +1,135 @@
+//! A client socket spliced to a stream: after `CONNECT`'s `200` and after a `101` (both through
+//! [`splice_upgrade`]), and for every connection of a TCP binding ([`pipe_socket`]).
+//!
+//! A pipe runs until both directions end (true half-close) or one side fails. A pipe still open
+//! when the shutdown grace period is over fails as if its stream had been reset: the stream is
+//! reset in both directions (the connector never sees a clean end) and the client socket is
+//! closed as [`pipe_tcp`] closes it after any reset.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+use underpass_mux::{pipe_tcp, PipeOutcome};
+use underpass_proto::{RESET_CANCELLED, RESET_INTERNAL};
+use underpass_rt::Shutdown;
+use underpass_transport::{RecvStream, SendStream, StreamError};
+
+/// Wait for hyper to hand over the client connection of an upgraded request (`CONNECT` after
+/// its `200`, or a `101`), then pipe it to the stream.
+pub(crate) async fn splice_upgrade<S: SendStream, R: RecvStream>(
+    upgrade: OnUpgrade,
+    mut send: S,
+    mut recv: R,
+    shutdown: &Shutdown,
+) {
+    let upgraded = tokio::select! {
+        upgraded = upgrade => upgraded.map_err(|e| e.to_string()),
+        () = shutdown.forced() => Err("the grace period is over".to_owned()),
+    };
+    let upgraded = match upgraded {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            debug!(%error, "no client connection to pipe");
+            send.reset(RESET_CANCELLED);
+            recv.stop(RESET_CANCELLED);
+            return;
+        }
+    };
+    // hyper serves exactly the `TokioIo<TcpStream>` given to `serve_connection`, so the
+    // downcast succeeds; the fallback only guards against a change in that setup.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let initial = Some(parts.read_buf).filter(|b| !b.is_empty());
+            pipe_socket(parts.io.into_inner(), initial, send, recv, shutdown).await;
+        }
+        Err(_) => {
+            warn!("upgraded client connection is not a TCP stream; closing the stream");
+            send.reset(RESET_INTERNAL);
+            recv.stop(RESET_INTERNAL);
+        }
+    }
+}
+
+/// Splice `socket` and the stream until both directions end or one side fails; when the grace
+/// period is over, the stream counts as reset. `initial` goes on the stream first.
+pub(crate) async fn pipe_socket<S: SendStream, R: RecvStream>(
+    socket: TcpStream,
+    initial: Option<Bytes>,
+    send: S,
+    recv: R,
+    shutdown: &Shutdown,
+) {
+    let recv = CutAtForce {
+        inner: recv,
+        forced: Box::pin(shutdown.forced()),
+    };
+    let stats = pipe_tcp(socket, initial, send, recv).await;
+    debug!(
+        up = stats.socket_to_stream,
+        down = stats.stream_to_socket,
+        outcome = ?stats.outcome,
+        "client pipe ended"
+    );
+    if shutdown.is_forced() && stats.outcome != PipeOutcome::Closed {
+        info!("grace period over; pipe reset");
+    }
+}
+
+/// A receiving half that fails as if reset once the grace period is over, so that a pipe
+/// reading it ends the way it ends on any reset: the stream is reset in both directions and
+/// the client socket closed.
+struct CutAtForce<R> {
+    inner: R,
+    forced: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<R> CutAtForce<R> {
+    fn cut() -> StreamError {
+        StreamError::Reset(RESET_CANCELLED)
+    }
+}
+
+impl<R: RecvStream> RecvStream for CutAtForce<R> {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if self.forced.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Self::cut()));
+        }
+        self.inner.poll_read_chunk(cx, max)
+    }
+
+    fn read_chunks(
+        &mut self,
+        bufs: &mut [Bytes],
+    ) -> impl Future<Output = Result<Option<usize>, StreamError>> + Send {
+        let CutAtForce { inner, forced } = self;
+        async move {
+            tokio::select! {
+                biased;
+                () = forced.as_mut() => Err(Self::cut()),
+                read = inner.read_chunks(bufs) => read,
+            }
+        }
+    }
+
+    fn stop(&mut self, code: u32) {
+        self.inner.stop(code);
+    }
+}
+
+/// Close `stream` with a reset rather than a clean end of stream.
+pub(crate) fn reset(stream: TcpStream) {
+    if let Err(error) = stream.set_zero_linger() {
+        debug!(%error, "cannot set SO_LINGER; closing normally");
+    }
+    drop(stream);
+}
