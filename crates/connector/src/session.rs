@@ -36,6 +36,9 @@ use crate::streams::{StreamContext, Streams};
 
 /// Heartbeats sent without an answer before the connection is declared dead.
 const MAX_UNANSWERED_HEARTBEATS: u32 = 3;
+/// After a drain, how long the edge may take to close the idle connection (it does once it
+/// has read every stream to its end) before the connector closes it.
+const DELIVERY_LINGER: Duration = Duration::from_secs(3);
 
 /// What every connection of the connector registers and serves with.
 pub(crate) struct SessionSettings {
@@ -254,6 +257,7 @@ impl<C: Connection> Registered<C> {
                         );
                         let grace = Duration::from_millis(drain.grace_ms.into());
                         let forced = slot.forced();
+                        let slot_forced = slot.forced();
                         slot.spawn(async move {
                             let until = async {
                                 tokio::select! {
@@ -261,7 +265,9 @@ impl<C: Connection> Registered<C> {
                                     () = forced => {}
                                 }
                             };
-                            drain_streams(&conn, &mut streams, until).await;
+                            if drain_streams(&conn, &mut streams, until).await {
+                                await_edge_close(&conn, slot_forced).await;
+                            }
                             control_task.abort();
                             close(&conn, CloseCode::Drained, "drained");
                             streams.cut().await;
@@ -283,7 +289,9 @@ impl<C: Connection> Registered<C> {
                     // close.
                     let _ = commands.try_send(ControlMessage::Drain(notice));
                     // The grace is the connector's: its shutdown forces the slot when over.
-                    drain_streams(&conn, &mut streams, slot.forced()).await;
+                    if drain_streams(&conn, &mut streams, slot.forced()).await {
+                        await_edge_close(&conn, slot.forced()).await;
+                    }
                     control_task.abort();
                     close(&conn, CloseCode::Shutdown, "connector shutting down");
                     streams.cut().await;
@@ -305,28 +313,43 @@ impl<C: Connection> Registered<C> {
 }
 
 /// Keep serving the streams the edge still opens until every stream has ended, `until`
-/// resolves, or the connection closes.
+/// resolves, or the connection closes. Returns whether every stream ended (the connection is
+/// still up and idle).
 async fn drain_streams<C: Connection>(
     conn: &C,
     streams: &mut Streams,
     until: impl Future<Output = ()>,
-) {
+) -> bool {
     tokio::pin!(until);
     loop {
         tokio::select! {
             () = streams.idle() => {
-                debug!("no stream open; closing");
-                return;
+                debug!("no stream open");
+                return true;
             }
             () = &mut until => {
                 info!(open_streams = streams.open(), "drain grace period over; closing");
-                return;
+                return false;
             }
             incoming = accept_stream(conn) => match incoming {
                 Ok(incoming) => streams.spawn(incoming),
-                Err(_) => return,
+                Err(_) => return false,
             },
         }
+    }
+}
+
+/// After a drain, let the edge close the connection: a stream task ends once its last bytes
+/// are *queued*, and closing the connection ourselves would discard what is not yet delivered.
+/// The edge closes once its side of every stream has read to the end (its stream leases), so
+/// waiting for that close loses nothing. Bounded by [`DELIVERY_LINGER`] and by `forced`.
+async fn await_edge_close<C: Connection>(conn: &C, forced: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = conn.closed() => debug!("the edge closed the drained connection"),
+        () = tokio::time::sleep(DELIVERY_LINGER) => {
+            debug!(linger = ?DELIVERY_LINGER, "the edge did not close the drained connection");
+        }
+        () = forced => {}
     }
 }
 

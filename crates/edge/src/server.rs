@@ -236,6 +236,9 @@ impl<C: Connection> Control<'_, C> {
         let mut stopping = std::pin::pin!(shutdown.stopping());
         let mut forced = std::pin::pin!(shutdown.forced());
         let mut draining = false;
+        // The connector drains (it is shutting down): no new streams; once the open ones are
+        // read to their end the edge closes, so the connector's last bytes are never cut.
+        let mut connector_draining = false;
         let mut watching = true;
         // While draining, a control stream that ends does not end the streams still open.
         let mut control_open = true;
@@ -255,6 +258,7 @@ impl<C: Connection> Control<'_, C> {
                     Ok(Some(ControlMessage::HeartbeatAck(_))) => {}
                     Ok(Some(ControlMessage::Drain(drain))) => {
                         self.context.registry.set_draining(self.connection_id);
+                        connector_draining = true;
                         info!(grace_ms = drain.grace_ms, reason = %drain.reason, "connector is draining");
                     }
                     Ok(Some(other)) => {
@@ -301,6 +305,9 @@ impl<C: Connection> Control<'_, C> {
                     if let Err(error) = write_frame(&mut send, &drain).await {
                         debug!(%error, "could not send the drain notice");
                     }
+                }
+                () = self.streams.idle(), if connector_draining && !draining => {
+                    return (CloseCode::Drained, "connector drained");
                 }
                 () = self.streams.idle(), if draining => {
                     // Finishing the control stream and waiting for the acknowledgement makes

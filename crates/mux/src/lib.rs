@@ -26,4 +26,4 @@ pub use accept::{accept_stream, IncomingStream};
 pub use control::{registration_proof, ControlChannel};
 pub use frame::{write_frame, Buffered, FrameReader, MuxError};
 pub use open::{open_http, open_tcp, OpenError};
-pub use pipe::{pipe_tcp, PipeOutcome, PipeStats};
+pub use pipe::{abort_socket, pipe_tcp, PipeOutcome, PipeStats};

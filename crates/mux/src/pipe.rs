@@ -3,7 +3,8 @@
 //! - socket EOF → the stream's send side is finished; the other direction keeps flowing;
 //! - stream end (peer finished) → the socket's write side is shut down (`shutdown(SHUT_WR)`);
 //! - a reset or stop from the peer, or a socket error, tears both directions down at once and
-//!   closes the socket; the peer sees a reset with [`RESET_CANCELLED`].
+//!   closes the socket with a TCP reset (never a FIN, which would look like a clean end); the
+//!   stream's peer sees a reset with [`RESET_CANCELLED`].
 //!
 //! Idle pipes hold no read buffer: a buffer is taken only when the socket is readable and
 //! released when it would block, so thousands of idle streams cost little memory.
@@ -128,6 +129,7 @@ where
         });
         run_both(up, down).await
     };
+    let aborted = failure.is_some();
     let outcome = match failure {
         None => PipeOutcome::Closed,
         Some(failure) => {
@@ -142,9 +144,18 @@ where
             }
         }
     };
-    // Dropping both socket halves closes the socket now, whatever the other side does.
-    drop(socket_read);
-    drop(socket_write);
+    // Dropping both socket halves closes the socket now, whatever the other side does. After
+    // a failure it must not look like a clean end: dropping the write half alone would send a
+    // FIN, so the halves are joined again and closed with SO_LINGER 0, which sends a reset.
+    if aborted {
+        match socket_read.reunite(socket_write) {
+            Ok(socket) => abort_socket(socket),
+            Err(halves) => drop(halves),
+        }
+    } else {
+        drop(socket_read);
+        drop(socket_write);
+    }
     debug!(
         up = up_bytes,
         down = down_bytes,
@@ -156,6 +167,14 @@ where
         stream_to_socket: down_bytes,
         outcome,
     }
+}
+
+/// Close `socket` with a TCP reset (SO_LINGER 0) rather than a clean end of stream.
+pub fn abort_socket(socket: TcpStream) {
+    if let Err(error) = socket.set_zero_linger() {
+        debug!(%error, "cannot set SO_LINGER 0; closing normally");
+    }
+    drop(socket);
 }
 
 /// Write every byte of `chunks` with vectored writes; the chunks are emptied as they go out.

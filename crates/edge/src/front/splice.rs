@@ -125,11 +125,3 @@ impl<R: RecvStream> RecvStream for CutAtForce<R> {
         self.inner.stop(code);
     }
 }
-
-/// Close `stream` with a reset rather than a clean end of stream.
-pub(crate) fn reset(stream: TcpStream) {
-    if let Err(error) = stream.set_zero_linger() {
-        debug!(%error, "cannot set SO_LINGER; closing normally");
-    }
-    drop(stream);
-}

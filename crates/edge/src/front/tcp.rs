@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, Instrument};
+use underpass_mux::abort_socket;
 use underpass_proto::Origin;
 use underpass_transport::Connection;
 
 use super::context::{accept_loop, open_error_status, open_tcp_within, FrontContext, Slot};
-use super::splice::{pipe_socket, reset};
+use super::splice::pipe_socket;
 use crate::model::BindingTarget;
 
 /// Serve the `mode = "tcp"` binding `name` on `listener` until stopping begins: one tracked
@@ -47,7 +48,7 @@ async fn forward<C: Connection>(
         Ok(binding) => binding,
         Err(details) => {
             info!(%details, "refused: destination_unavailable");
-            reset(stream);
+            abort_socket(stream);
             return;
         }
     };
@@ -58,7 +59,7 @@ async fn forward<C: Connection>(
         }
         _ => {
             info!("refused: a tcp binding needs a tcp service");
-            reset(stream);
+            abort_socket(stream);
             return;
         }
     };
@@ -66,7 +67,7 @@ async fn forward<C: Connection>(
         Ok(pair) => pair,
         Err(details) => {
             info!(%details, "refused: destination_unavailable");
-            reset(stream);
+            abort_socket(stream);
             return;
         }
     };
@@ -76,7 +77,7 @@ async fn forward<C: Connection>(
         Err(error) => {
             let (status, details) = open_error_status(error, limit);
             info!(status = status.token(), %details, "refused");
-            reset(stream);
+            abort_socket(stream);
         }
     }
 }
