@@ -1,11 +1,12 @@
 //! Control-stream messages: registration, drain, heartbeat.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bounded::MinWireLen;
 use crate::codec::{FrameKind, Message};
-use crate::policy::{ServicePolicy, ServicePolicyCa};
-use crate::stream::ServiceId;
+use crate::stream::{Host, ServiceId, ServiceRef, TlsVerification};
 
 /// The TLS exporter label whose output the registration proof is computed over.
 ///
@@ -43,6 +44,40 @@ pub enum ControlMessage {
     ServicePolicyCa(ServicePolicyCa),
     /// Edge → connector: the service is gone; streams naming it are refused.
     ServiceRemoved(ServiceId),
+}
+
+/// The head of a service's origin policy, on the control stream (edge → connector).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePolicy {
+    /// The service and this policy's generation.
+    pub service: ServiceRef,
+    /// The service's name, for logs.
+    pub name: String,
+    /// The host to dial.
+    pub host: Host,
+    /// Resolvers for a hostname host (`resolver_ips`); empty: the connector's own.
+    #[serde(deserialize_with = "crate::bounded::vec")]
+    pub resolvers: Vec<SocketAddr>,
+    /// `http_port` of an HTTP service.
+    pub http_port: Option<u16>,
+    /// `https_port` of an HTTP service.
+    pub https_port: Option<u16>,
+    /// `tcp_port` of a TCP service.
+    pub tcp_port: Option<u16>,
+    /// How an HTTPS origin's certificate is verified.
+    pub tls: TlsVerification,
+    /// Length of the CA bundle (PEM) that follows in [`ServicePolicyCa`] chunks; 0: none.
+    pub ca_pem_len: u32,
+}
+
+/// One chunk of a policy's CA bundle, after its [`ServicePolicy`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePolicyCa {
+    /// The service and generation of the policy this chunk belongs to.
+    pub service: ServiceRef,
+    /// The next bytes of the bundle.
+    #[serde(deserialize_with = "crate::bounded::vec")]
+    pub chunk: Vec<u8>,
 }
 
 /// A connector's registration on one connection.
@@ -169,8 +204,8 @@ mod tests {
         }
     }
 
-    fn service() -> crate::ServiceRef {
-        crate::ServiceRef {
+    fn service() -> ServiceRef {
+        ServiceRef {
             id: ServiceId([4; 16]),
             generation: 1,
         }
@@ -199,12 +234,12 @@ mod tests {
             ControlMessage::ServicePolicy(ServicePolicy {
                 service: service(),
                 name: "api".into(),
-                host: crate::Host::Name("api.internal".into()),
+                host: Host::Name("api.internal".into()),
                 resolvers: vec![],
                 http_port: Some(8080),
                 https_port: None,
                 tcp_port: None,
-                tls: crate::TlsVerification::VerifyFull,
+                tls: TlsVerification::VerifyFull,
                 ca_pem_len: 3,
             }),
             ControlMessage::ServicePolicyCa(ServicePolicyCa {

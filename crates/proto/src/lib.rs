@@ -29,12 +29,10 @@ pub use codec::{decode, encode, DecodeError, Decoded, EncodeError, FrameKind, Me
 pub use codec::{FRAME_HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use control::{
     AnnouncedRoute, ConnectorId, ControlMessage, Drain, Heartbeat, RefuseReason, Register,
-    RegisterAccepted, RegisterRefused, TunnelId, REGISTRATION_EXPORTER_LABEL,
+    RegisterAccepted, RegisterRefused, ServicePolicy, ServicePolicyCa, TunnelId,
+    REGISTRATION_EXPORTER_LABEL,
 };
-pub use policy::{
-    OriginPolicy, PolicyAssembler, PolicyError, ServicePolicy, ServicePolicyCa, CA_CHUNK_LEN,
-    MAX_CA_BUNDLE_LEN,
-};
+pub use policy::{OriginPolicy, PolicyAssembler, PolicyError, CA_CHUNK_LEN, MAX_CA_BUNDLE_LEN};
 pub use status::{ProxyStatus, UnknownProxyStatus};
 pub use stream::{
     BodyKind, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead, Origin, ProxyErrorReply,

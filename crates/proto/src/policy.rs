@@ -2,56 +2,21 @@
 //! (host, ports, resolvers, certificate verification, CA bundle), sent by the edge once per
 //! connection on the control stream instead of in every stream header.
 //!
-//! A policy is one [`ServicePolicy`] message followed by as many [`ServicePolicyCa`] chunks as
-//! its CA bundle needs ([`CA_CHUNK_LEN`] bytes each, so any bundle up to [`MAX_CA_BUNDLE_LEN`]
+//! A policy travels as one [`ServicePolicy`] message (defined with the other control messages)
+//! followed by as many [`ServicePolicyCa`] chunks as its CA bundle needs ([`CA_CHUNK_LEN`]
+//! bytes each, so any bundle up to [`MAX_CA_BUNDLE_LEN`]
 //! travels within the frame limit). [`OriginPolicy::to_messages`] splits a policy,
 //! [`PolicyAssembler`] puts it back together and refuses anything out of order.
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-
-use crate::control::ControlMessage;
+use crate::control::{ControlMessage, ServicePolicy, ServicePolicyCa};
 use crate::stream::{DialTarget, Host, Scheme, ServiceRef, TlsVerification};
 
 /// Bytes of CA bundle per [`ServicePolicyCa`] message: well below the frame limit.
 pub const CA_CHUNK_LEN: usize = 32 * 1024;
 /// The largest CA bundle a service may have (the edge refuses bigger ones at load time).
 pub const MAX_CA_BUNDLE_LEN: usize = 4 * 1024 * 1024;
-
-/// The head of a service's origin policy, on the control stream (edge → connector).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServicePolicy {
-    /// The service and this policy's generation.
-    pub service: ServiceRef,
-    /// The service's name, for logs.
-    pub name: String,
-    /// The host to dial.
-    pub host: Host,
-    /// Resolvers for a hostname host (`resolver_ips`); empty: the connector's own.
-    #[serde(deserialize_with = "crate::bounded::vec")]
-    pub resolvers: Vec<SocketAddr>,
-    /// `http_port` of an HTTP service.
-    pub http_port: Option<u16>,
-    /// `https_port` of an HTTP service.
-    pub https_port: Option<u16>,
-    /// `tcp_port` of a TCP service.
-    pub tcp_port: Option<u16>,
-    /// How an HTTPS origin's certificate is verified.
-    pub tls: TlsVerification,
-    /// Length of the CA bundle (PEM) that follows in [`ServicePolicyCa`] chunks; 0: none.
-    pub ca_pem_len: u32,
-}
-
-/// One chunk of a policy's CA bundle, after its [`ServicePolicy`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServicePolicyCa {
-    /// The service and generation of the policy this chunk belongs to.
-    pub service: ServiceRef,
-    /// The next bytes of the bundle.
-    #[serde(deserialize_with = "crate::bounded::vec")]
-    pub chunk: Vec<u8>,
-}
 
 /// A complete origin policy, as the edge keeps it and the connector uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
