@@ -1,19 +1,15 @@
 //! `fetch()` end to end: absolute-form requests into a binding, through a real QUIC tunnel and
 //! connector, to real nginx origins (HTTP and HTTPS with a test CA) and a real dnsmasq.
 
-#[path = "workerd/stack.rs"]
-#[allow(dead_code)]
-mod stack;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use stack::{Service, Stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use underpass_e2e::http1::{exchange, Response};
-use underpass_e2e::{Dnsmasq, EchoServer, Location, Nginx, TestPki};
+use underpass_e2e::upgrade::upgrade_origin;
+use underpass_e2e::{Dnsmasq, EchoServer, Location, Nginx, Service, Stack, TestPki};
 use underpass_edge::config::CertVerificationMode;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -31,9 +27,10 @@ async fn fetch(proxy: SocketAddr, request: &str) -> Response {
         .expect("an HTTP response")
 }
 
-fn last_log(nginx: &Nginx) -> serde_json::Value {
+async fn last_log(nginx: &Nginx) -> serde_json::Value {
     nginx
         .wait_access_log(1, LIMIT)
+        .await
         .pop()
         .expect("nginx logged the request")
 }
@@ -42,7 +39,8 @@ fn last_log(nginx: &Nginx) -> serde_json::Value {
 async fn service_binding_dials_the_service_whatever_the_url_says() {
     let nginx = Nginx::builder(ip("127.20.10.1"))
         .location(Location::json("/users", r#"[{"name":"Ada"}]"#))
-        .start();
+        .start()
+        .await;
     let stack = Stack::builder()
         .route("127.20.10.0/24", None)
         .service_binding("api", Service::http(nginx.http_addr()))
@@ -56,7 +54,7 @@ async fn service_binding_dials_the_service_whatever_the_url_says() {
     .await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json().unwrap()[0]["name"], "Ada");
-    let log = last_log(&nginx);
+    let log = last_log(&nginx).await;
     assert_eq!(log["http_host"], "internal-api.company.local:9999");
     assert_eq!(log["request_uri"], "/users");
 }
@@ -70,7 +68,8 @@ async fn https_service_uses_the_url_host_for_sni_and_host() {
         .tls_site("a.internal.test", &a.chain_pem, &a.key_pem)
         .tls_site("b.internal.test", &b.chain_pem, &b.key_pem)
         .location(Location::json("/api/data", r#"{"ok":true}"#))
-        .start();
+        .start()
+        .await;
     let https = nginx.https_addr().expect("https listener");
     let stack = Stack::builder()
         .route("127.20.11.0/24", None)
@@ -87,6 +86,7 @@ async fn https_service_uses_the_url_host_for_sni_and_host() {
         assert_eq!(response.status, 200, "{name}: {}", response.text());
         let log = nginx
             .wait_access_log(1, LIMIT)
+            .await
             .into_iter()
             .rev()
             .find(|l| l["ssl_server_name"] == name)
@@ -99,9 +99,7 @@ async fn https_service_uses_the_url_host_for_sni_and_host() {
         "GET https://other.internal.test/api/data HTTP/1.1\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(response.status >= 500);
-    let status = response.header("proxy-status").unwrap_or_default();
-    assert!(status.contains("error=tls_certificate_error"), "{status}");
+    response.assert_proxy_error(502, "tls_certificate_error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,10 +113,12 @@ async fn network_binding_follows_the_url_and_the_routes() {
             "application/json",
             r#"{"e":1}"#,
         ))
-        .start();
+        .start()
+        .await;
     let dns = Dnsmasq::builder(ip("127.20.12.53"))
         .record("internal-api.company.local", ip("127.20.12.1"))
-        .start();
+        .start()
+        .await;
     let stack = Stack::builder()
         .route("127.20.12.0/24", None)
         .route("internal-api.company.local", None)
@@ -156,6 +156,7 @@ async fn network_binding_follows_the_url_and_the_routes() {
     assert_eq!(response.json().unwrap()["id"], 7);
     let log = nginx
         .wait_access_log(2, LIMIT)
+        .await
         .into_iter()
         .find(|l| l["request_uri"] == "/users/new")
         .expect("POST logged");
@@ -184,12 +185,7 @@ async fn network_binding_follows_the_url_and_the_routes() {
         ),
     )
     .await;
-    assert_eq!(response.status, 502);
-    let status = response.header("proxy-status").unwrap_or_default();
-    assert!(
-        status.contains("error=destination_ip_prohibited"),
-        "{status}"
-    );
+    response.assert_proxy_error(502, "destination_ip_prohibited");
     assert_eq!(
         unrouted.accepted(),
         0,
@@ -203,8 +199,7 @@ async fn network_binding_follows_the_url_and_the_routes() {
         &format!("GET http://127.20.12.2:{closed}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
     )
     .await;
-    let status = response.header("proxy-status").unwrap_or_default();
-    assert!(status.contains("error=connection_refused"), "{status}");
+    response.assert_proxy_error(502, "connection_refused");
 
     // Relative form is a clear 400.
     let response = fetch(
@@ -212,7 +207,7 @@ async fn network_binding_follows_the_url_and_the_routes() {
         "GET /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(response.status, 400);
+    response.assert_proxy_error(400, "http_request_error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +218,8 @@ async fn verification_modes_against_nginx() {
     let nginx = Nginx::builder(ip("127.20.14.1"))
         .tls_site("a.internal.test", &cert.chain_pem, &cert.key_pem)
         .location(Location::json("/api/data", r#"{"ok":true}"#))
-        .start();
+        .start()
+        .await;
     let https = nginx.https_addr().expect("https listener");
     let stack = Stack::builder()
         .route("127.20.14.0/24", None)
@@ -248,46 +244,10 @@ async fn verification_modes_against_nginx() {
     assert_eq!(response.status, 200, "{}", response.text());
     // ...an unknown CA is not.
     let response = fetch(stack.binding_addr("ca_unknown"), mismatched).await;
-    let status = response.header("proxy-status").unwrap_or_default();
-    assert!(status.contains("error=tls_certificate_error"), "{status}");
+    response.assert_proxy_error(502, "tls_certificate_error");
     // disabled: both pass.
     let response = fetch(stack.binding_addr("off"), mismatched).await;
     assert_eq!(response.status, 200, "{}", response.text());
-}
-
-/// An origin that answers `101` and then echoes raw bytes (until EOF, then half-closes), or
-/// `400` for a path containing `refuse`.
-async fn upgrade_origin(listener: TcpListener) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            if head.contains("refuse") || !head.contains("upgrade: websocket") {
-                let _ = socket
-                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-                return;
-            }
-            let _ = socket
-                .write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-                )
-                .await;
-            let (mut read, mut write) = socket.into_split();
-            let _ = tokio::io::copy(&mut read, &mut write).await;
-            let _ = write.shutdown().await;
-        });
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,8 +307,7 @@ async fn websocket_upgrade_through_the_edge() {
         ),
     )
     .await;
-    let status = response.header("proxy-status").unwrap_or_default();
-    assert!(status.contains("error=http_upgrade_failed"), "{status}");
+    response.assert_proxy_error(502, "http_upgrade_failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,8 @@ async fn nginx_serves_files_details_and_logs_over_http() {
             r#"{"error":"costs $5 \ "#,
         ))
         .location(Location::body_sink("/api/post", 201, r#"{"created":true}"#))
-        .start();
+        .start()
+        .await;
     let addr = nginx.http_addr();
 
     let users = http1::get(addr, "internal-api.company.local", "/users")
@@ -87,7 +88,7 @@ async fn nginx_serves_files_details_and_logs_over_http() {
     assert_eq!(created.status, 201);
     assert_eq!(created.text(), r#"{"created":true}"#);
 
-    let log = nginx.wait_access_log(5, WAIT);
+    let log = nginx.wait_access_log(5, WAIT).await;
     assert_eq!(
         log.len(),
         5,
@@ -118,7 +119,8 @@ async fn nginx_answers_https_by_sni() {
         .tls_site("a.test", &a.chain_pem, &a.key_pem)
         .tls_site("b.test", &b.chain_pem, &b.key_pem)
         .location(Location::details("/"))
-        .start();
+        .start()
+        .await;
     let https = nginx
         .https_addr()
         .expect("TLS sites give an HTTPS listener");
@@ -148,7 +150,7 @@ async fn nginx_answers_https_by_sni() {
         .expect_err("unknown CA must fail");
     assert!(format!("{err:#}").contains("certificate"), "{err:#}");
 
-    let log = nginx.wait_access_log(3, WAIT);
+    let log = nginx.wait_access_log(3, WAIT).await;
     assert_eq!(log[0]["ssl_server_name"], "a.test");
     assert_eq!(log[1]["ssl_server_name"], "b.test");
     assert_eq!(log[1]["http_host"], "b.test");
@@ -167,7 +169,7 @@ fn nginx_startup_failure_shows_its_error_log() {
 
 #[tokio::test]
 async fn redis_answers_ping_after_half_close() {
-    let redis = Redis::start(ip(41, 3));
+    let redis = Redis::start(ip(41, 3)).await;
     let mut stream = TcpStream::connect(redis.addr()).await.unwrap();
     stream.write_all(b"PING\r\n").await.unwrap();
     stream.shutdown().await.unwrap();
@@ -189,28 +191,40 @@ async fn dnsmasq_answers_records_nxdomain_and_refused() {
         .record("internal-api.company.local", service)
         .record("v6.test", IpAddr::V6(Ipv6Addr::LOCALHOST))
         .nxdomain("gone.example")
-        .start();
+        .start()
+        .await;
 
     let a = dns
         .query("internal-api.company.local", RecordType::A)
+        .await
         .unwrap();
     assert_eq!((a.rcode, a.addrs), (dns::NOERROR, vec![service]));
     let aaaa = dns
         .query("internal-api.company.local", RecordType::Aaaa)
+        .await
         .unwrap();
     assert_eq!((aaaa.rcode, aaaa.addrs.len()), (dns::NOERROR, 0));
-    let v6 = dns.query("v6.test", RecordType::Aaaa).unwrap();
+    let v6 = dns.query("v6.test", RecordType::Aaaa).await.unwrap();
     assert_eq!(v6.addrs, vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
     assert_eq!(
-        dns.query(Dnsmasq::NX_NAME, RecordType::A).unwrap().rcode,
+        dns.query(Dnsmasq::NX_NAME, RecordType::A)
+            .await
+            .unwrap()
+            .rcode,
         dns::NXDOMAIN
     );
     assert_eq!(
-        dns.query("a.gone.example", RecordType::A).unwrap().rcode,
+        dns.query("a.gone.example", RecordType::A)
+            .await
+            .unwrap()
+            .rcode,
         dns::NXDOMAIN
     );
     assert_eq!(
-        dns.query("unknown.example", RecordType::A).unwrap().rcode,
+        dns.query("unknown.example", RecordType::A)
+            .await
+            .unwrap()
+            .rcode,
         dns::REFUSED
     );
 
@@ -296,7 +310,8 @@ async fn echo_server_reports_reset() {
     stream.set_zero_linger().unwrap();
     drop(stream);
     let gone = server
-        .wait_for_blocking(WAIT, ConnEvent::is_peer_gone)
+        .wait_for(WAIT, ConnEvent::is_peer_gone)
+        .await
         .expect("the server saw the reset");
     assert!(
         matches!(

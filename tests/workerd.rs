@@ -9,24 +9,18 @@
 //! workerd comes from `UNDERPASS_WORKERD` or `.cache/workerd` (both set up by `scripts/test`);
 //! without it these tests fail, telling to run `scripts/test`.
 
-#[path = "workerd/capnp.rs"]
-mod capnp;
-#[path = "workerd/runner.rs"]
-mod runner;
-#[path = "workerd/slow_origin.rs"]
-mod slow_origin;
-#[path = "workerd/stack.rs"]
-mod stack;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
-use underpass_e2e::{free_port, Dnsmasq, EchoServer, Location, Nginx, Redis, TestPki};
-
-use capnp::{adapt, WorkerSpec};
-use runner::{example, test_script, WorkerdSetup};
-use slow_origin::SlowOrigin;
-use stack::{Service, Stack};
+use underpass_connector::{ConnectorConfig, Overrides};
+use underpass_e2e::workerd::capnp::{self, adapt, WorkerSpec};
+use underpass_e2e::workerd::WorkerdSetup;
+use underpass_e2e::{
+    example, free_port, repo_root, Dnsmasq, EchoServer, Location, Nginx, Redis, Service,
+    SlowOrigin, Stack, TestPki,
+};
+use underpass_edge::config::EdgeConfig;
 
 /// A generous bound for "the origin sees its connection closed" (guards a hang only).
 const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
@@ -43,10 +37,19 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 /// The "private subnet" the examples' 10.0.1.0/24 becomes.
 const SUBNET: &str = "127.20.0.0/24";
 
-fn users_nginx(ip: IpAddr) -> Nginx {
+async fn users_nginx(ip: IpAddr) -> Nginx {
     Nginx::builder(ip)
         .location(Location::json("/users", USERS_JSON))
         .start()
+        .await
+}
+
+/// The text of `tests/workerd/<name>` (Worker scripts used only by this suite).
+fn test_script(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workerd")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// Polls `condition` (5 ms to 50 ms apart) until it holds or `deadline` passes.
@@ -82,15 +85,14 @@ fn assert_users(response: &underpass_e2e::http1::Response, output: &str) {
 /// `examples/workerd/config.capnp`: the URL's host only fills `Host`, the service decides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_users_through_a_vpc_service_binding() {
-    let nginx = users_nginx(ip(127, 20, 0, 10));
+    let nginx = users_nginx(ip(127, 20, 0, 10)).await;
     let stack = Stack::builder()
         .route(SUBNET, None)
         .service_binding("users", Service::http(nginx.http_addr()))
         .start()
         .await;
-    let template =
-        std::fs::read_to_string(runner::repo_root().join("examples/workerd/config.capnp"))
-            .expect("read examples/workerd/config.capnp");
+    let template = std::fs::read_to_string(repo_root().join("examples/workerd/config.capnp"))
+        .expect("read examples/workerd/config.capnp");
     let config = capnp::fill_template(
         &template,
         stack.binding_addr("users"),
@@ -102,11 +104,12 @@ async fn get_users_through_a_vpc_service_binding() {
         .script("get-users.js", &example("get-users.js"))
         .raw_config(&config, &["http"])
         .start()
+        .await
         .expect("workerd starts with the example config");
 
     let response = workerd.get("http").await;
     assert_users(&response, &workerd.output());
-    let log = nginx.wait_access_log(1, CLOSE_DEADLINE);
+    let log = nginx.wait_access_log(1, CLOSE_DEADLINE).await;
     assert_eq!(log[0]["request_uri"], "/users");
     assert_eq!(log[0]["http_host"], "internal-api.company.local");
 }
@@ -116,11 +119,12 @@ async fn get_users_through_a_vpc_service_binding() {
 /// URL's port); that is the only change to the example.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_users_through_a_vpc_network_binding_with_a_hostname_route() {
-    let nginx = users_nginx(ip(127, 20, 0, 10));
+    let nginx = users_nginx(ip(127, 20, 0, 10)).await;
     let port = nginx.http_addr().port();
     let dns = Dnsmasq::builder(ip(127, 20, 0, 53))
         .record("internal-api.company.local", ip(127, 20, 0, 10))
-        .start();
+        .start()
+        .await;
     let stack = Stack::builder()
         .route("internal-api.company.local", Some(&port.to_string()))
         .resolvers(&[dns.addr()])
@@ -139,6 +143,7 @@ async fn get_users_through_a_vpc_network_binding_with_a_hostname_route() {
             &script,
         )
         .start()
+        .await
         .expect("workerd starts");
 
     let response = workerd.get("get-users").await;
@@ -149,7 +154,7 @@ async fn get_users_through_a_vpc_network_binding_with_a_hostname_route() {
     })
     .await;
     assert!(asked, "the connector asked dnsmasq: {}", dns.log());
-    let log = nginx.wait_access_log(1, CLOSE_DEADLINE);
+    let log = nginx.wait_access_log(1, CLOSE_DEADLINE).await;
     assert_eq!(log[0]["request_uri"], "/users");
     assert_eq!(
         log[0]["http_host"],
@@ -164,7 +169,8 @@ async fn post_user_reaches_the_origin_and_reports_a_refusal() {
     let created = r#"{"id":42,"name":"John Doe","email":"john@example.com"}"#;
     let accepting = Nginx::builder(ip(127, 20, 0, 12))
         .location(Location::body_sink("/users", 201, created))
-        .start();
+        .start()
+        .await;
     let refusing = Nginx::builder(ip(127, 20, 0, 13))
         .location(Location::status(
             "/users",
@@ -172,7 +178,8 @@ async fn post_user_reaches_the_origin_and_reports_a_refusal() {
             "application/json",
             r#"{"error":"user exists"}"#,
         ))
-        .start();
+        .start()
+        .await;
     let stack = Stack::builder()
         .route(SUBNET, None)
         .service_binding("accepting", Service::http(accepting.http_addr()))
@@ -194,6 +201,7 @@ async fn post_user_reaches_the_origin_and_reports_a_refusal() {
             &script,
         )
         .start()
+        .await
         .expect("workerd starts");
 
     let response = workerd.get("post-ok").await;
@@ -206,7 +214,7 @@ async fn post_user_reaches_the_origin_and_reports_a_refusal() {
     );
     let expected: serde_json::Value = serde_json::from_str(created).expect("valid JSON");
     assert_eq!(response.json().expect("JSON body"), expected);
-    let log = accepting.wait_access_log(1, CLOSE_DEADLINE);
+    let log = accepting.wait_access_log(1, CLOSE_DEADLINE).await;
     assert_eq!(log[0]["request_method"], "POST");
     assert_eq!(log[0]["request_uri"], "/users");
     assert_eq!(log[0]["http_host"], "internal-api.company.local");
@@ -226,7 +234,7 @@ async fn post_user_reaches_the_origin_and_reports_a_refusal() {
         workerd.output()
     );
     assert_eq!(response.text(), "Failed to create user");
-    let log = refusing.wait_access_log(1, CLOSE_DEADLINE);
+    let log = refusing.wait_access_log(1, CLOSE_DEADLINE).await;
     assert_eq!(log[0]["request_method"], "POST");
     assert_eq!(log[0]["status"], "409");
 }
@@ -240,7 +248,8 @@ async fn fetch_https_origin_through_a_vpc_service_binding() {
     let nginx = Nginx::builder(ip(127, 20, 0, 50))
         .tls_site("127.20.0.50", &cert.chain_pem, &cert.key_pem)
         .location(Location::details("/api/"))
-        .start();
+        .start()
+        .await;
     let https = nginx.https_addr().expect("nginx has an HTTPS listener");
     let stack = Stack::builder()
         .route(SUBNET, None)
@@ -254,6 +263,7 @@ async fn fetch_https_origin_through_a_vpc_service_binding() {
             &example("fetch-https.js"),
         )
         .start()
+        .await
         .expect("workerd starts");
 
     let response = workerd.get("fetch-https").await;
@@ -274,7 +284,7 @@ async fn fetch_https_origin_through_a_vpc_service_binding() {
 /// `PING`, `writer.close()` (a half-close that must not end the reply), `+PONG` back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_redis_pings_in_both_address_forms() {
-    let redis = Redis::start(ip(127, 20, 0, 50));
+    let redis = Redis::start(ip(127, 20, 0, 50)).await;
     let addr = redis.addr().to_string();
     let port = redis.addr().port().to_string();
     let stack = Stack::builder()
@@ -303,6 +313,7 @@ async fn connect_to_redis_pings_in_both_address_forms() {
             &object_form,
         )
         .start()
+        .await
         .expect("workerd starts");
 
     for worker in ["string", "object"] {
@@ -337,6 +348,7 @@ async fn connect_to_a_denied_destination_rejects_socket_opened() {
             &script,
         )
         .start()
+        .await
         .expect("workerd starts");
 
     let response = workerd.get("denied").await;
@@ -370,6 +382,7 @@ async fn fetch_to_a_closed_port_returns_the_proxy_status() {
             &script,
         )
         .start()
+        .await
         .expect("workerd starts");
 
     let response = workerd.get("closed").await;
@@ -381,12 +394,14 @@ async fn fetch_to_a_closed_port_returns_the_proxy_status() {
         workerd.output()
     );
     let seen = response.json().expect("JSON body");
-    let status = seen["status"].as_u64().unwrap_or(0);
-    assert!((500..600).contains(&status), "a 5xx: {seen}");
     let proxy_status = seen["proxyStatus"].as_str().unwrap_or("");
-    assert!(
-        proxy_status.contains("connection_refused"),
-        "Proxy-Status names the cause: {seen}"
+    assert_eq!(
+        (
+            seen["status"].as_u64(),
+            underpass_e2e::http1::proxy_error(proxy_status)
+        ),
+        (Some(502), Some("connection_refused")),
+        "the Worker gets the proxy's 502 and its Proxy-Status: {seen}"
     );
 }
 
@@ -409,6 +424,7 @@ async fn abort_of_a_slow_fetch_closes_the_origin_request() {
             &script,
         )
         .start()
+        .await
         .expect("workerd starts");
 
     let response = workerd.get("abort").await;
@@ -434,10 +450,9 @@ async fn abort_of_a_slow_fetch_closes_the_origin_request() {
 /// The config files in `examples/` load as a user would use them.
 #[test]
 fn example_configs_are_valid() {
-    stack::check_example_configs(&runner::repo_root().join("examples"));
-    let template =
-        std::fs::read_to_string(runner::repo_root().join("examples/workerd/config.capnp"))
-            .expect("read examples/workerd/config.capnp");
+    check_example_configs(&repo_root().join("examples"));
+    let template = std::fs::read_to_string(repo_root().join("examples/workerd/config.capnp"))
+        .expect("read examples/workerd/config.capnp");
     for placeholder in [
         "@BINDING_ADDR@",
         "@WORKER_SCRIPT@",
@@ -446,4 +461,36 @@ fn example_configs_are_valid() {
     ] {
         assert!(template.contains(placeholder), "template has {placeholder}");
     }
+}
+
+/// Loads `examples/edge.toml` and `examples/connector.toml` the way a user would use them
+/// (copied to a folder of their own), failing on any error.
+fn check_example_configs(examples: &Path) {
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let edge = dir.path().join("edge.toml");
+    std::fs::copy(examples.join("edge.toml"), &edge).expect("copy examples/edge.toml");
+    let config = EdgeConfig::load(&edge).unwrap_or_else(|e| panic!("examples/edge.toml: {e}"));
+    assert_eq!(config.bindings.len(), 5, "every example binding loads");
+
+    let token = underpass_proto::TunnelToken {
+        tunnel_id: underpass_proto::TunnelId([1; 16]),
+        secret: underpass_proto::TunnelSecret([2; 32]),
+        edges: vec!["127.0.0.1:7844".to_owned()],
+        server_name: "underpass-edge".to_owned(),
+        ca_pin: [3; 32],
+    };
+    let text = std::fs::read_to_string(examples.join("connector.toml"))
+        .expect("read examples/connector.toml");
+    let overrides = Overrides {
+        token: Some(token.encode()),
+        ..Overrides::default()
+    };
+    let config =
+        ConnectorConfig::from_toml(&text, Path::new("connector.toml"), dir.path(), &overrides)
+            .unwrap_or_else(|e| panic!("examples/connector.toml: {e}"));
+    assert_eq!(config.routes.len(), 2, "both example routes load");
+    assert!(config
+        .deny
+        .iter()
+        .any(|n| n.to_string() == "127.20.0.99/32"));
 }

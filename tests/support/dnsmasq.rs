@@ -61,9 +61,12 @@ impl Dnsmasq {
         read_lossy(&self.dir.path().join("dnsmasq.log"))
     }
 
-    /// Asks the server for `name` (see [`dns::query`]).
-    pub fn query(&self, name: &str, rtype: RecordType) -> anyhow::Result<DnsAnswer> {
-        dns::query(self.addr, name, rtype, Duration::from_secs(2))
+    /// Asks the server for `name` (see [`dns::query`], run on a blocking thread).
+    pub async fn query(&self, name: &str, rtype: RecordType) -> anyhow::Result<DnsAnswer> {
+        let (addr, name) = (self.addr, name.to_owned());
+        tokio::task::spawn_blocking(move || dns::query(addr, &name, rtype, Duration::from_secs(2)))
+            .await
+            .context("the DNS query task")?
     }
 
     /// The process id.
@@ -85,16 +88,19 @@ impl DnsmasqBuilder {
         self
     }
 
-    /// Starts dnsmasq and waits until it answers a query.
+    /// Starts dnsmasq and waits until it answers a query; the readiness polling runs on a
+    /// blocking thread.
     ///
     /// # Panics
     /// When dnsmasq is missing or does not start (the message includes its output).
-    pub fn start(self) -> Dnsmasq {
-        self.try_start()
+    pub async fn start(self) -> Dnsmasq {
+        tokio::task::spawn_blocking(move || self.try_start())
+            .await
+            .expect("the dnsmasq start-up task")
             .unwrap_or_else(|e| panic!("dnsmasq did not start: {e:#}"))
     }
 
-    /// Like [`DnsmasqBuilder::start`], returning the error.
+    /// Like [`DnsmasqBuilder::start`], returning the error; blocks the calling thread.
     pub fn try_start(self) -> anyhow::Result<Dnsmasq> {
         let program = find_program("dnsmasq")?;
         let dir = tempfile::Builder::new()

@@ -5,7 +5,7 @@
 //! flavour of async test, and keeps serving while the test thread blocks.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -101,7 +101,6 @@ pub struct TimedEvent {
 #[derive(Debug, Default)]
 struct Events {
     list: Mutex<Vec<TimedEvent>>,
-    changed: Condvar,
     notify: Notify,
 }
 
@@ -116,7 +115,6 @@ impl Events {
             at: Instant::now(),
             event,
         });
-        self.changed.notify_all();
         self.notify.notify_waiters();
     }
 
@@ -213,31 +211,6 @@ impl EchoServer {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.events.find(&pred);
             }
-        }
-    }
-
-    /// Waits (blocking the thread) for the first event matching `pred`, up to `timeout`.
-    pub fn wait_for_blocking(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&ConnEvent) -> bool,
-    ) -> Option<TimedEvent> {
-        let deadline = Instant::now() + timeout;
-        let mut list = self.events.lock();
-        loop {
-            if let Some(found) = list.iter().find(|e| pred(&e.event)) {
-                return Some(found.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            list = self
-                .events
-                .changed
-                .wait_timeout(list, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
     }
 }

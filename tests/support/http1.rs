@@ -39,10 +39,42 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The error type of the `Proxy-Status` header (`underpass; error=dns_error; details=…`),
+    /// if the header has one.
+    pub fn proxy_error(&self) -> Option<&str> {
+        proxy_error(self.header("proxy-status")?)
+    }
+
+    /// Asserts the proxy's own error answer: exactly `status` and a `Proxy-Status` header
+    /// whose error type is `error`.
+    ///
+    /// # Panics
+    /// When either differs (the message shows the whole response).
+    #[track_caller]
+    pub fn assert_proxy_error(&self, status: u16, error: &str) {
+        assert_eq!(
+            (self.status, self.proxy_error()),
+            (status, Some(error)),
+            "expected {status} with Proxy-Status error={error}, got {} {:?}\n{}",
+            self.status,
+            self.headers,
+            self.text()
+        );
+    }
+
     /// The body parsed as JSON.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {}", self.text()))
     }
+}
+
+/// The `error=` parameter of a `Proxy-Status` header value.
+pub fn proxy_error(header: &str) -> Option<&str> {
+    header
+        .split(';')
+        .map(str::trim)
+        .find_map(|param| param.strip_prefix("error="))
+        .map(|v| v.trim_matches('"'))
 }
 
 /// Writes `request` on `stream` and reads the response until the server closes the
@@ -168,6 +200,13 @@ fn decode_chunked(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_proxy_status_error_type() {
+        let header = r#"underpass; error=dns_error; details="no such name; really""#;
+        assert_eq!(proxy_error(header), Some("dns_error"));
+        assert_eq!(proxy_error("underpass"), None);
+    }
 
     #[test]
     fn parses_chunked_and_sized_bodies() {

@@ -247,11 +247,12 @@ impl Nginx {
     }
 
     /// Waits until the access log has at least `count` lines (or `timeout` passes) and returns
-    /// all lines.
+    /// all lines. nginx writes a line after the response, on its own schedule: this polls the
+    /// file (2 ms to 50 ms apart), a condition and not a sleep standing in for one.
     ///
     /// # Panics
     /// When the count is not reached in time.
-    pub fn wait_access_log(&self, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    pub async fn wait_access_log(&self, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
@@ -265,7 +266,7 @@ impl Nginx {
                     lines.len()
                 );
             }
-            std::thread::sleep(pause);
+            tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
@@ -312,16 +313,20 @@ impl NginxBuilder {
         self
     }
 
-    /// Writes the files, starts nginx and waits until its listeners accept connections.
+    /// Writes the files, starts nginx and waits until its listeners accept connections. The
+    /// blocking work (writing large files, polling for readiness) runs on a blocking thread.
     ///
     /// # Panics
     /// When nginx is missing or does not start (the message includes its error log).
-    pub fn start(self) -> Nginx {
-        self.try_start()
+    pub async fn start(self) -> Nginx {
+        tokio::task::spawn_blocking(move || self.try_start())
+            .await
+            .expect("the nginx start-up task")
             .unwrap_or_else(|e| panic!("nginx did not start: {e:#}"))
     }
 
-    /// Like [`NginxBuilder::start`], returning the error.
+    /// Like [`NginxBuilder::start`], returning the error; blocks the calling thread (for
+    /// synchronous tests and blocking threads).
     pub fn try_start(self) -> anyhow::Result<Nginx> {
         let program = find_program("nginx")?;
         let dir = tempfile::Builder::new()

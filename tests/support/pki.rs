@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -159,6 +159,35 @@ impl std::fmt::Debug for TestPki {
 }
 
 /// The one crypto provider of the workspace.
+/// A PEM bundle of at least `min_len` bytes: unrelated CA certificates (each its own subject,
+/// all sharing one key, which is enough for a trust store) with `ca_pem` last, so a reader
+/// that stops early misses the one that matters. For "a large `ca_file` works" tests.
+///
+/// # Panics
+/// When rcgen fails (it does not for these fixed parameters).
+pub fn padded_ca_bundle(ca_pem: &str, min_len: usize) -> String {
+    let key = KeyPair::generate().expect("rcgen generates a P-256 key");
+    let mut bundle = String::with_capacity(min_len + ca_pem.len() + 1024);
+    let mut index = 0u32;
+    while bundle.len() + ca_pem.len() < min_len {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("Underpass filler CA {index}"));
+        dn.push(DnType::OrganizationName, "Underpass tests");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(SerialNumber::from(u64::from(index) + 1));
+        let cert = params
+            .self_signed(&key)
+            .expect("rcgen self-signs a CA certificate");
+        bundle.push_str(&cert.pem());
+        index += 1;
+    }
+    bundle.push_str(ca_pem);
+    bundle
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -115,7 +115,9 @@ pub enum Probe {
 
 /// Polls `probe` until it returns anything but [`Probe::NotYet`] or `timeout` passes (then
 /// returns an error naming `what`). The pause between polls grows from 5 ms to 50 ms: this is
-/// polling for a condition, not a sleep standing in for synchronisation.
+/// polling for a condition, not a sleep standing in for synchronisation. It blocks the calling
+/// thread: async code uses [`poll_until_async`], or runs this on a blocking thread (the
+/// builders' `start` do).
 pub fn poll_until(
     what: &str,
     timeout: Duration,
@@ -132,6 +134,28 @@ pub fn poll_until(
             bail!("{what}: not ready after {timeout:?}");
         }
         std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// [`poll_until`] for async code: the pause between polls is a tokio sleep, so the runtime's
+/// thread is free meanwhile. `probe` must not block (read a file, `try_wait` a child).
+pub async fn poll_until_async(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Probe,
+) -> anyhow::Result<Probe> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match probe() {
+            Probe::NotYet => {}
+            other => return Ok(other),
+        }
+        if Instant::now() >= deadline {
+            bail!("{what}: not ready after {timeout:?}");
+        }
+        tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }

@@ -23,15 +23,19 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts redis-server on `ip` (free port) and waits until `PING` answers `+PONG`.
+    /// Starts redis-server on `ip` (free port) and waits until `PING` answers `+PONG`; the
+    /// readiness polling runs on a blocking thread.
     ///
     /// # Panics
     /// When redis-server is missing or does not start (the message includes its log).
-    pub fn start(ip: IpAddr) -> Redis {
-        Self::try_start(ip).unwrap_or_else(|e| panic!("redis-server did not start: {e:#}"))
+    pub async fn start(ip: IpAddr) -> Redis {
+        tokio::task::spawn_blocking(move || Self::try_start(ip))
+            .await
+            .expect("the redis start-up task")
+            .unwrap_or_else(|e| panic!("redis-server did not start: {e:#}"))
     }
 
-    /// Like [`Redis::start`], returning the error.
+    /// Like [`Redis::start`], returning the error; blocks the calling thread.
     pub fn try_start(ip: IpAddr) -> anyhow::Result<Redis> {
         let program = find_program("redis-server")?;
         let dir = tempfile::Builder::new()

@@ -6,9 +6,6 @@
 //! tunnel token. It checks each binding once, prints commands to paste, writes a workerd config
 //! that runs the Workers examples of `examples/` against it, and stays up until Ctrl-C.
 
-#[path = "../workerd/capnp.rs"]
-#[allow(dead_code)]
-mod capnp;
 mod check;
 mod services;
 
@@ -19,7 +16,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use underpass_connector::{Connector, ConnectorConfig};
-use underpass_e2e::TestPki;
+use underpass_e2e::workerd::capnp::{self, WorkerSpec};
+use underpass_e2e::{repo_root, TestPki};
 use underpass_edge::config::{
     BindingConfig, CertVerificationMode, EdgeConfig, NetworkConfig, ServiceConfig, ServiceHost,
     ServiceKind, ServiceTls,
@@ -27,7 +25,6 @@ use underpass_edge::config::{
 use underpass_edge::tunnels::TunnelStore;
 use underpass_edge::Edge;
 
-use capnp::WorkerSpec;
 use services::Services;
 
 /// The tunnel the demo creates.
@@ -237,19 +234,10 @@ fn edge_config(dir: &Path, ports: &Ports, ca_file: &Path) -> EdgeConfig {
         true,
         Some(ca_file.to_path_buf()),
     ));
-    let binding = |name: &str, listen: SocketAddr, network: Option<&str>, service: Option<&str>| {
-        BindingConfig {
-            name: name.to_owned(),
-            listen,
-            network: network.map(str::to_owned),
-            service: service.map(str::to_owned),
-            mode: Default::default(),
-        }
-    };
     config.bindings = vec![
-        binding("MY_NETWORK", ports.network, Some("private-net"), None),
-        binding("MY_SERVICE", ports.users, None, Some("users-api")),
-        binding("MY_HTTPS_SERVICE", ports.data, None, Some("data-api")),
+        BindingConfig::network("MY_NETWORK", ports.network, "private-net"),
+        BindingConfig::service("MY_SERVICE", ports.users, "users-api"),
+        BindingConfig::service("MY_HTTPS_SERVICE", ports.data, "data-api"),
     ];
     config
 }
@@ -278,10 +266,7 @@ fn write_workerd_config(dir: &Path, ports: &Ports) -> anyhow::Result<PathBuf> {
 }
 
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(|root| root.join("examples"))
-        .unwrap_or_else(|| PathBuf::from("examples"))
+    repo_root().join("examples")
 }
 
 /// How to run workerd here: a binary found locally, else `npx` with the version `scripts/test`
@@ -290,8 +275,7 @@ fn workerd_command() -> Option<String> {
     if let Some(path) = std::env::var_os("UNDERPASS_WORKERD") {
         return Some(PathBuf::from(path).display().to_string());
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    let cached = root.join(".cache/workerd/node_modules/.bin/workerd");
+    let cached = repo_root().join(".cache/workerd/node_modules/.bin/workerd");
     if cached.is_file() {
         return Some(cached.display().to_string());
     }
@@ -304,7 +288,7 @@ fn workerd_command() -> Option<String> {
         return Some("workerd".to_owned());
     }
     if on_path("npx") {
-        let version = include_str!("../../scripts/test")
+        let version = include_str!("../../../scripts/test")
             .lines()
             .find_map(|line| line.strip_prefix("WORKERD_VERSION="))
             .map(|v| v.trim_matches('"').to_owned());

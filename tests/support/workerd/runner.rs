@@ -6,63 +6,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tempfile::TempDir;
-use underpass_e2e::http1::{self, Response};
-use underpass_e2e::process::{poll_until, read_lossy, ChildGuard, Probe, STARTUP_TIMEOUT};
-use underpass_e2e::workerd_binary;
 
+use super::binary;
 use super::capnp::{self, WorkerSpec};
+use crate::http1::{self, Response};
+use crate::process::{poll_until, read_lossy, ChildGuard, Probe, STARTUP_TIMEOUT};
 
 /// How long one request to a Worker may take before the test fails (guards a hang only).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The workerd binary: `UNDERPASS_WORKERD`, else the copy `scripts/test` installs in
-/// `.cache/workerd`.
-///
-/// # Panics
-/// When neither exists: the suite must not pass silently without the real runtime.
-pub fn binary() -> PathBuf {
-    if let Some(path) = workerd_binary() {
-        return path;
-    }
-    let cached = repo_root().join(".cache/workerd/node_modules/.bin/workerd");
-    if cached.is_file() {
-        return cached;
-    }
-    panic!(
-        "workerd is not installed (UNDERPASS_WORKERD is unset and {} is missing). \
-         Run the tests with scripts/test: it installs workerd from npm into .cache/workerd.",
-        cached.display()
-    );
-}
-
-/// The workspace root (the parent of this package).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-/// The text of `examples/<name>`.
-pub fn example(name: &str) -> String {
-    let path = repo_root().join("examples").join(name);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read the example {}: {e}", path.display()))
-}
-
-/// The text of `tests/workerd/<name>` (Worker scripts used only by the suite).
-pub fn test_script(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("workerd")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
 
 /// A running workerd, killed on drop.
 #[derive(Debug)]
@@ -110,8 +66,16 @@ impl WorkerdSetup {
         self
     }
 
-    /// Writes the files, starts workerd and waits until every socket listens.
-    pub fn start(self) -> anyhow::Result<Workerd> {
+    /// Writes the files, starts workerd and waits until every socket listens; the readiness
+    /// polling runs on a blocking thread.
+    pub async fn start(self) -> anyhow::Result<Workerd> {
+        tokio::task::spawn_blocking(move || self.start_blocking())
+            .await
+            .context("the workerd start-up task")?
+    }
+
+    /// Like [`WorkerdSetup::start`]; blocks the calling thread.
+    pub fn start_blocking(self) -> anyhow::Result<Workerd> {
         let program = binary();
         let dir = tempfile::Builder::new()
             .prefix("underpass-workerd-")

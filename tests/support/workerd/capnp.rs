@@ -1,6 +1,6 @@
 //! workerd configurations (Cap'n Proto text) for Workers whose bindings are Underpass bindings.
 //!
-//! Shared by the workerd interop suite (`tests/workerd.rs`) and the demo (`tests/demo`). Each
+//! Shared by the workerd interop suite (`tests/workerd.rs`) and the demo (`examples/demo`). Each
 //! binding is an `external` service at the edge's binding listener with
 //! `http = (style = proxy)`: workerd then speaks HTTP/1.1 forward proxy to it (absolute-form
 //! requests for `fetch()`, `CONNECT` for `connect()`), see behaviour-facts §3.

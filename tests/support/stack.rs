@@ -1,12 +1,12 @@
 //! An edge and a connector, in-process on loopback, joined by a real QUIC tunnel, with the
 //! bindings a test asks for.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use underpass_connector::{ConnectorConfig, ConnectorHandle, Overrides};
+use underpass_connector::{ConnectorConfig, ConnectorHandle};
 use underpass_edge::config::{
     BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, NetworkConfig, ServiceConfig,
     ServiceHost, ServiceKind, ServiceTls,
@@ -14,8 +14,8 @@ use underpass_edge::config::{
 use underpass_edge::tunnels::TunnelStore;
 use underpass_edge::{Edge, EdgeHandle};
 
-/// The tunnel every test uses.
-const TUNNEL: &str = "workerd-tests";
+/// The tunnel every stack uses.
+pub const TUNNEL: &str = "e2e-tests";
 
 /// How long the connector may take to register (guards a hang only).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,7 +40,8 @@ impl Service {
         }
     }
 
-    /// An HTTPS service (`https_port` only, `verify_full`) trusting `ca_pem`.
+    /// An HTTPS service (`https_port` only, `verify_full`) whose `tls.ca_file` holds `ca_pem`
+    /// (one CA or a whole bundle).
     pub fn https(origin: SocketAddr, ca_pem: &str) -> Self {
         Service {
             addr: origin,
@@ -51,8 +52,6 @@ impl Service {
     }
 
     /// The same service with another `tls.cert_verification_mode`.
-    // Used by tests/fetch.rs; each test binary compiles this file on its own.
-    #[allow(dead_code)]
     pub fn with_mode(mut self, mode: CertVerificationMode) -> Self {
         self.mode = mode;
         self
@@ -68,12 +67,15 @@ pub struct StackBuilder {
     networks: Vec<String>,
     services: Vec<(String, Service)>,
     tcp_forwards: Vec<(String, SocketAddr)>,
+    drain_grace: Option<Duration>,
 }
 
 /// A running edge and connector; both stop when dropped.
 pub struct Stack {
-    edge: EdgeHandle,
-    _connector: ConnectorHandle,
+    // Field order: the connector stops before the edge, the state folder goes last.
+    connector: ConnectorHandle,
+    edge: Option<EdgeHandle>,
+    bindings: HashMap<String, SocketAddr>,
     _dir: TempDir,
 }
 
@@ -83,14 +85,40 @@ impl Stack {
         StackBuilder::default()
     }
 
-    /// The listener of binding `name` (forward proxy or plain TCP port).
+    /// The listener of binding `name` (forward proxy or plain TCP port). It stays known after
+    /// [`Stack::take_edge`].
     ///
     /// # Panics
     /// When there is no such binding.
     pub fn binding_addr(&self, name: &str) -> SocketAddr {
-        self.edge
-            .binding_addr(name)
+        *self
+            .bindings
+            .get(name)
             .unwrap_or_else(|| panic!("the edge has no binding {name:?}"))
+    }
+
+    /// The running edge.
+    ///
+    /// # Panics
+    /// After [`Stack::take_edge`].
+    pub fn edge(&self) -> &EdgeHandle {
+        self.edge
+            .as_ref()
+            .expect("the edge was taken out of the stack")
+    }
+
+    /// The running connector.
+    pub fn connector(&self) -> &ConnectorHandle {
+        &self.connector
+    }
+
+    /// Takes the edge out of the stack, to shut it down (`EdgeHandle::shutdown` consumes it)
+    /// while the test keeps using the stack's connector and binding addresses.
+    ///
+    /// # Panics
+    /// When called twice.
+    pub fn take_edge(&mut self) -> EdgeHandle {
+        self.edge.take().expect("the edge was already taken")
     }
 }
 
@@ -127,10 +155,14 @@ impl StackBuilder {
     }
 
     /// A plain TCP binding (`mode = "tcp"`) named `name` to a TCP service at `origin`.
-    // Used by tests/tunnel.rs; each test binary compiles this file on its own.
-    #[allow(dead_code)]
     pub fn tcp_binding(mut self, name: &str, origin: SocketAddr) -> Self {
         self.tcp_forwards.push((name.to_owned(), origin));
+        self
+    }
+
+    /// The edge's `timeouts.drain_grace_ms` (default: the edge's own, 30 s).
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = Some(grace);
         self
     }
 
@@ -144,74 +176,23 @@ impl StackBuilder {
             .prefix("underpass-stack-")
             .tempdir()
             .expect("create tempdir");
-        let loopback = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0);
-        let mut config = EdgeConfig::new(dir.path().join("edge-state"));
-        config.listen = loopback;
-        for name in &self.networks {
-            config.networks.push(NetworkConfig {
-                name: name.clone(),
-                tunnel: TUNNEL.to_owned(),
-            });
-            config.bindings.push(BindingConfig {
-                name: name.clone(),
-                listen: loopback,
-                network: Some(name.clone()),
-                service: None,
-                mode: Default::default(),
-            });
-        }
-        for (name, service) in &self.services {
-            let ca_file = service.ca_pem.as_ref().map(|pem| {
-                let path = dir.path().join(format!("{name}-ca.pem"));
-                std::fs::write(&path, pem).expect("write the service CA file");
-                path
-            });
-            config.services.push(ServiceConfig {
-                name: name.clone(),
-                kind: ServiceKind::Http,
-                tunnel: TUNNEL.to_owned(),
-                host: ServiceHost::ip(service.addr.ip()),
-                tcp_port: None,
-                http_port: (!service.https).then_some(service.addr.port()),
-                https_port: service.https.then_some(service.addr.port()),
-                tls: ServiceTls {
-                    cert_verification_mode: service.mode,
-                    ca_file,
-                },
-            });
-            config.bindings.push(BindingConfig {
-                name: name.clone(),
-                listen: loopback,
-                network: None,
-                service: Some(name.clone()),
-                mode: Default::default(),
-            });
-        }
-        for (name, origin) in &self.tcp_forwards {
-            config.services.push(ServiceConfig {
-                name: name.clone(),
-                kind: ServiceKind::Tcp,
-                tunnel: TUNNEL.to_owned(),
-                host: ServiceHost::ip(origin.ip()),
-                tcp_port: Some(origin.port()),
-                http_port: None,
-                https_port: None,
-                tls: ServiceTls::default(),
-            });
-            config.bindings.push(BindingConfig {
-                name: name.clone(),
-                listen: loopback,
-                network: None,
-                service: Some(name.clone()),
-                mode: BindingMode::Tcp,
-            });
-        }
+        let config = self.edge_config(&dir);
+        let names: Vec<String> = config.bindings.iter().map(|b| b.name.clone()).collect();
         // As an operator would: create the tunnel, then start the edge that serves it.
         underpass_edge::state::ensure_dir(&config.state_dir).expect("create the state dir");
         TunnelStore::open(&config.state_dir)
             .and_then(|store| store.create(TUNNEL))
             .expect("create the tunnel");
         let edge = Edge::start(config).await.expect("the edge starts");
+        let bindings = names
+            .into_iter()
+            .map(|name| {
+                let addr = edge
+                    .binding_addr(&name)
+                    .unwrap_or_else(|| panic!("the edge did not bind {name:?}"));
+                (name, addr)
+            })
+            .collect();
         let token = edge.token(TUNNEL).expect("the edge knows the tunnel");
 
         let mut connector = ConnectorConfig::builder(token);
@@ -235,45 +216,68 @@ impl StackBuilder {
             .await
             .expect("the connector registers with the edge");
         Stack {
-            edge,
-            _connector: connector,
+            connector,
+            edge: Some(edge),
+            bindings,
             _dir: dir,
         }
     }
-}
 
-/// Loads `examples/edge.toml` and `examples/connector.toml` the way a user would use them
-/// (copied to a folder of their own), failing on any error.
-pub fn check_example_configs(examples: &Path) {
-    let dir = tempfile::tempdir().expect("create tempdir");
-    let edge = dir.path().join("edge.toml");
-    std::fs::copy(examples.join("edge.toml"), &edge).expect("copy examples/edge.toml");
-    let config = EdgeConfig::load(&edge).unwrap_or_else(|e| panic!("examples/edge.toml: {e}"));
-    assert_eq!(config.bindings.len(), 5, "every example binding loads");
-
-    let token = sample_token();
-    let text = std::fs::read_to_string(examples.join("connector.toml"))
-        .expect("read examples/connector.toml");
-    let overrides = Overrides {
-        token: Some(token.encode()),
-        ..Overrides::default()
-    };
-    let config =
-        ConnectorConfig::from_toml(&text, Path::new("connector.toml"), dir.path(), &overrides)
-            .unwrap_or_else(|e| panic!("examples/connector.toml: {e}"));
-    assert_eq!(config.routes.len(), 2, "both example routes load");
-    assert!(config
-        .deny
-        .iter()
-        .any(|n| n.to_string() == "127.20.0.99/32"));
-}
-
-fn sample_token() -> underpass_proto::TunnelToken {
-    underpass_proto::TunnelToken {
-        tunnel_id: underpass_proto::TunnelId([1; 16]),
-        secret: underpass_proto::TunnelSecret([2; 32]),
-        edges: vec!["127.0.0.1:7844".to_owned()],
-        server_name: "underpass-edge".to_owned(),
-        ca_pin: [3; 32],
+    fn edge_config(&self, dir: &TempDir) -> EdgeConfig {
+        let loopback = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0);
+        let mut config = EdgeConfig::new(dir.path().join("edge-state"));
+        config.listen = loopback;
+        if let Some(grace) = self.drain_grace {
+            config.timeouts.drain_grace_ms =
+                u64::try_from(grace.as_millis()).expect("a drain grace that fits in u64 ms");
+        }
+        for name in &self.networks {
+            config.networks.push(NetworkConfig {
+                name: name.clone(),
+                tunnel: TUNNEL.to_owned(),
+            });
+            config
+                .bindings
+                .push(BindingConfig::network(name, loopback, name));
+        }
+        for (name, service) in &self.services {
+            let ca_file = service.ca_pem.as_ref().map(|pem| {
+                let path = dir.path().join(format!("{name}-ca.pem"));
+                std::fs::write(&path, pem).expect("write the service CA file");
+                path
+            });
+            config.services.push(ServiceConfig {
+                name: name.clone(),
+                kind: ServiceKind::Http,
+                tunnel: TUNNEL.to_owned(),
+                host: ServiceHost::ip(service.addr.ip()),
+                tcp_port: None,
+                http_port: (!service.https).then_some(service.addr.port()),
+                https_port: service.https.then_some(service.addr.port()),
+                tls: ServiceTls {
+                    cert_verification_mode: service.mode,
+                    ca_file,
+                },
+            });
+            config
+                .bindings
+                .push(BindingConfig::service(name, loopback, name));
+        }
+        for (name, origin) in &self.tcp_forwards {
+            config.services.push(ServiceConfig {
+                name: name.clone(),
+                kind: ServiceKind::Tcp,
+                tunnel: TUNNEL.to_owned(),
+                host: ServiceHost::ip(origin.ip()),
+                tcp_port: Some(origin.port()),
+                http_port: None,
+                https_port: None,
+                tls: ServiceTls::default(),
+            });
+            config
+                .bindings
+                .push(BindingConfig::service(name, loopback, name).with_mode(BindingMode::Tcp));
+        }
+        config
     }
 }
