@@ -28,8 +28,10 @@ use super::response::{empty, error_response, error_response_with, FetchBody};
 use super::splice::splice_upgrade;
 use crate::model::{Binding, BindingTarget};
 
-/// The shortest wait for the connector's answer to a `fetch()`. The connector has its own
-/// connect and response-header timeouts (60 s by default); this only catches a stuck one.
+/// The shortest wait for the connector's answer to a `fetch()`, counted from the end of the
+/// request body (an origin answers an upload only once it has all of it, however long the
+/// upload takes). The connector has its own connect and response-header timeouts (60 s by
+/// default, restarted by upload progress); this only catches a stuck one.
 const MIN_REPLY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `fetch()`: an HTTP request in absolute form, forwarded as one exchange over a stream.
@@ -260,6 +262,8 @@ impl<C: Connection> Exchange<'_, C> {
         // For an upgrade the client's connection comes later (after the 101) and the send half
         // waits for it; otherwise the body is pumped in its own tracked task.
         let mut upgrade_parts = None;
+        // Resolves once the request body has been sent (at once when there is none).
+        let (mut uploaded, body_sent) = tokio::sync::oneshot::channel::<()>();
         if upgrade {
             upgrade_parts = Some((hyper::upgrade::on(&mut req), send));
         } else if kind == BodyKind::Empty {
@@ -271,6 +275,8 @@ impl<C: Connection> Exchange<'_, C> {
         } else {
             let body = req.into_body();
             let forced = shutdown.forced();
+            // The task owns the real sender; what is left here is closed below at once.
+            let uploading = std::mem::replace(&mut uploaded, tokio::sync::oneshot::channel().0);
             shutdown.spawn(async move {
                 // A client that goes away mid-upload makes the body fail: send_body resets
                 // the stream so the connector aborts the origin request. Cut by the end of
@@ -281,9 +287,20 @@ impl<C: Connection> Exchange<'_, C> {
                     },
                     () = forced => debug!("grace period over; upload cut"),
                 }
+                drop(uploading);
             });
         }
-        let reply = match reader.expect_within::<StreamReply>(limit).await {
+        drop(uploaded);
+        let deadline = async {
+            // Sent or failed: either way the wait for the answer starts now.
+            let _ = body_sent.await;
+            tokio::time::sleep(limit).await;
+        };
+        let reply = tokio::select! {
+            reply = reader.expect::<StreamReply>() => reply,
+            () = deadline => Err(MuxError::Timeout(limit)),
+        };
+        let reply = match reply {
             Ok(reply) => reply,
             Err(err) => {
                 reader.stop(RESET_CANCELLED);
