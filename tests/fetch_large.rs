@@ -201,3 +201,63 @@ async fn one_gib_upload_is_intact_with_bounded_memory() {
         "peak RSS {peak} KiB: the body was buffered"
     );
 }
+
+/// An upload slower than the edge's 90 s wait for the connector's answer still gets the
+/// origin's answer: that wait starts when the body has been sent (an origin answers an upload
+/// only once it has all of it). Before, the edge answered 504 `connection_read_timeout` 90 s
+/// into any upload and closed the client's socket mid-body, which is how the 1 GiB upload
+/// failed on a loaded machine. Slow by nature (100 s), so ignored here and run by its own
+/// step of `.ci/run` (`scripts/test --ignored`). The pace only makes the upload last longer
+/// than the wait; the test asserts the answer and the bytes, never a time.
+#[tokio::test]
+#[ignore = "takes 100 s; run by scripts/test --ignored"]
+async fn an_upload_slower_than_the_reply_wait_is_answered() {
+    const CHUNKS: u64 = 100;
+    const CHUNK: usize = 1024;
+    let listener = tokio::net::TcpListener::bind("127.20.21.2:0")
+        .await
+        .unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(hashing_origin(listener));
+    let stack = Stack::builder()
+        .route("127.20.21.0/24", None)
+        .network_binding("net")
+        .start()
+        .await;
+    let stream = TcpStream::connect(stack.binding_addr("net")).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let total = CHUNKS * CHUNK as u64;
+    let uploader = tokio::spawn(async move {
+        let head = format!(
+            "POST http://{origin}/upload HTTP/1.1\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+        );
+        write.write_all(head.as_bytes()).await.unwrap();
+        let mut hash = Sha256::new();
+        for i in 0..CHUNKS {
+            let chunk = vec![b'a' + (i % 26) as u8; CHUNK];
+            hash.update(&chunk);
+            if let Err(error) = write.write_all(&chunk).await {
+                return Err((i, error));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok((hex::encode(hash.finalize()), write))
+    });
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(600), read.read_to_end(&mut response))
+        .await
+        .expect("the upload finishes")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    let (digest, _write) = match uploader.await.expect("the uploader task") {
+        Ok(done) => done,
+        Err((chunk, error)) => {
+            panic!("the upload was cut at chunk {chunk} of {CHUNKS} ({error}); the edge answered:\n{response}")
+        }
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with(&digest),
+        "origin digest differs: {response}"
+    );
+}
