@@ -74,6 +74,9 @@ pub(super) async fn service_policy<S: SendStream>(
 ) -> Result<Arc<ServiceOrigin>, Option<ProxyErrorReply>> {
     let started = Instant::now();
     let policy = tokio::select! {
+        // The policy is almost always there already: look it up first, so the common case
+        // does not register interest in the stream's stop as well.
+        biased;
         policy = policies.wait(service, context.header_timeout) => policy,
         _ = send.stopped() => {
             debug!("edge abandoned the stream while it waited for its service policy");
