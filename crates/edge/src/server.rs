@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 use underpass_mux::{registration_proof, write_frame, ControlChannel, MuxError};
 use underpass_proto::{
     CloseCode, ControlMessage, DecodeError, Drain, RefuseReason, Register, RegisterAccepted,
@@ -81,7 +81,7 @@ pub(crate) async fn run<L: Listener>(listener: Arc<L>, context: Arc<ServerContex
         let id = context.registry.allocate_id();
         let span = info_span!("connector", remote = %conn.remote_address(), connection = id);
         let task = handle_connection(conn, id, context.clone());
-        context.shutdown.spawn(task.instrument(span));
+        context.shutdown.spawn_in(span, task);
     }
     let open = context.registry.snapshot().len();
     if open > 0 {

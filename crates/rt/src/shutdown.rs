@@ -68,6 +68,16 @@ impl Shutdown {
         self.tasks.spawn(task.in_current_span())
     }
 
+    /// Spawn `task` on the current runtime, tracked, in `span` (only: the caller's span is not
+    /// entered as well, so each poll enters one span).
+    pub fn spawn_in<F>(&self, span: tracing::Span, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task.instrument(span))
+    }
+
     /// Wrap `task` so that it is tracked while it runs (for futures spawned elsewhere, e.g.
     /// by a library that takes a future).
     pub fn track<F: Future>(&self, task: F) -> impl Future<Output = F::Output> {

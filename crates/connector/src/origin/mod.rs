@@ -485,18 +485,15 @@ where
             details: format!("cannot start HTTP/1.1 on the origin connection: {err}"),
         })?;
     let forced = tasks.forced();
-    tasks.spawn(
-        async move {
-            tokio::select! {
-                done = connection.with_upgrades() => match done {
-                    Ok(()) => debug!("origin connection closed"),
-                    Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
-                },
-                () = forced => debug!("origin connection cut: shutting down"),
-            }
+    tasks.spawn_in(span, async move {
+        tokio::select! {
+            done = connection.with_upgrades() => match done {
+                Ok(()) => debug!("origin connection closed"),
+                Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
+            },
+            () = forced => debug!("origin connection cut: shutting down"),
         }
-        .instrument(span),
-    );
+    });
     Ok(Sender::Http1(sender))
 }
 
@@ -518,18 +515,15 @@ where
             details: format!("HTTP/2 handshake with the origin failed: {err}"),
         })?;
     let forced = tasks.forced();
-    tasks.spawn(
-        async move {
-            tokio::select! {
-                done = connection => match done {
-                    Ok(()) => debug!("origin connection closed"),
-                    Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
-                },
-                () = forced => debug!("origin connection cut: shutting down"),
-            }
+    tasks.spawn_in(span, async move {
+        tokio::select! {
+            done = connection => match done {
+                Ok(()) => debug!("origin connection closed"),
+                Err(err) => debug!(error = %error_chain(&err), "origin connection failed"),
+            },
+            () = forced => debug!("origin connection cut: shutting down"),
         }
-        .instrument(span),
-    );
+    });
     Ok(Sender::Http2(sender))
 }
 

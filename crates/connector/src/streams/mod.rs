@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 use underpass_mux::{IncomingStream, MuxError};
 use underpass_proto::{ProxyStatus, StreamHeader, RESET_PROTOCOL};
 use underpass_rt::{Shutdown, ShutdownReport};
@@ -66,17 +66,14 @@ impl Streams {
         };
         let span = info_span!("stream", id, dest = tracing::field::Empty);
         let forced = self.tasks.forced();
-        self.tasks.spawn(
-            async move {
-                tokio::select! {
-                    () = stream.serve(incoming) => {}
-                    // Dropping the stream halves resets them: the edge never takes a cut
-                    // stream for a complete one.
-                    () = forced => debug!("stream cut: the grace period is over"),
-                }
+        self.tasks.spawn_in(span, async move {
+            tokio::select! {
+                () = stream.serve(incoming) => {}
+                // Dropping the stream halves resets them: the edge never takes a cut
+                // stream for a complete one.
+                () = forced => debug!("stream cut: the grace period is over"),
             }
-            .instrument(span),
-        );
+        });
     }
 
     /// Streams running now.

@@ -57,13 +57,8 @@ pub(super) async fn serve<C: Connection>(
     }
     debug!(origin = ?origin, "connected; piping");
     let (send, recv) = incoming.into_parts();
-    let stats = pipe_tcp(socket, None, send, recv).await;
-    debug!(
-        up = stats.socket_to_stream,
-        down = stats.stream_to_socket,
-        outcome = ?stats.outcome,
-        "stream done"
-    );
+    // pipe_tcp logs what went through and how it ended.
+    pipe_tcp(socket, None, send, recv).await;
 }
 
 /// A TCP service's host and `tcp_port`. An HTTP service has none: `connect()` to it is

@@ -262,8 +262,8 @@ impl<C: Connection> Exchange<'_, C> {
         // For an upgrade the client's connection comes later (after the 101) and the send half
         // waits for it; otherwise the body is pumped in its own tracked task.
         let mut upgrade_parts = None;
-        // Resolves once the request body has been sent (at once when there is none).
-        let (mut uploaded, body_sent) = tokio::sync::oneshot::channel::<()>();
+        // With an upload: resolves once the request body has been sent (or has failed).
+        let mut body_sent = None;
         if upgrade {
             upgrade_parts = Some((hyper::upgrade::on(&mut req), send));
         } else if kind == BodyKind::Empty {
@@ -275,8 +275,8 @@ impl<C: Connection> Exchange<'_, C> {
         } else {
             let body = req.into_body();
             let forced = shutdown.forced();
-            // The task owns the real sender; what is left here is closed below at once.
-            let uploading = std::mem::replace(&mut uploaded, tokio::sync::oneshot::channel().0);
+            let (uploading, sent) = tokio::sync::oneshot::channel::<()>();
+            body_sent = Some(sent);
             shutdown.spawn(async move {
                 // A client that goes away mid-upload makes the body fail: send_body resets
                 // the stream so the connector aborts the origin request. Cut by the end of
@@ -290,10 +290,11 @@ impl<C: Connection> Exchange<'_, C> {
                 drop(uploading);
             });
         }
-        drop(uploaded);
         let deadline = async {
-            // Sent or failed: either way the wait for the answer starts now.
-            let _ = body_sent.await;
+            if let Some(sent) = body_sent {
+                // Sent or failed: either way the wait for the answer starts now.
+                let _ = sent.await;
+            }
             tokio::time::sleep(limit).await;
         };
         let reply = tokio::select! {

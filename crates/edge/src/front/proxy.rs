@@ -47,7 +47,7 @@ pub(super) async fn serve<C: Connection>(
     accept_loop(&listener, &name, limit, &shutdown, |stream, peer, slot| {
         let span = info_span!("client", binding = %name, %peer);
         let client = serve_client(stream, name.clone(), context.clone(), slot);
-        shutdown.spawn(client.instrument(span));
+        shutdown.spawn_in(span, client);
     })
     .await;
     debug!(binding = %name, "binding listener stopped");

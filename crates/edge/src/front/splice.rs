@@ -69,13 +69,8 @@ pub(crate) async fn pipe_socket<S: SendStream, R: RecvStream>(
         inner: recv,
         forced: Box::pin(shutdown.forced()),
     };
+    // pipe_tcp logs what went through and how it ended.
     let stats = pipe_tcp(socket, initial, send, recv).await;
-    debug!(
-        up = stats.socket_to_stream,
-        down = stats.stream_to_socket,
-        outcome = ?stats.outcome,
-        "client pipe ended"
-    );
     if shutdown.is_forced() && stats.outcome != PipeOutcome::Closed {
         info!("grace period over; pipe reset");
     }

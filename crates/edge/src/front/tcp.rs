@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span};
 use underpass_mux::abort_socket;
 use underpass_proto::Origin;
 use underpass_transport::Connection;
@@ -30,7 +30,7 @@ pub(super) async fn serve<C: Connection>(
     accept_loop(&listener, &name, limit, &shutdown, |stream, peer, slot| {
         let span = info_span!("forward", binding = %name, %peer);
         let task = forward(stream, name.clone(), context.clone(), slot);
-        shutdown.spawn(task.instrument(span));
+        shutdown.spawn_in(span, task);
     })
     .await;
     debug!(binding = %name, "tcp binding listener stopped");
