@@ -218,10 +218,19 @@ impl UnderpassSetup {
         fs::write(dir.join("token"), format!("{token}\n"))?;
         // The host's resolv.conf names a non-loopback server: point DNS at loopback (nothing
         // here resolves names anyway).
+        // Parallel connections: the connector's default unless the run asks for another
+        // count (`scripts/bench --connections N`).
+        let connections = std::env::var("UNDERPASS_BENCH_CONNECTIONS")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("connections = {n}\n"))
+            .unwrap_or_default();
         fs::write(
             dir.join("connector.toml"),
-            "token_file = \"token\"\n\n[[route]]\ndestination = \"127.0.0.0/8\"\n\n\
-             [dns]\nresolvers = [\"127.0.0.1:1\"]\n\n[limits]\nmax_streams = 30000\n",
+            format!(
+                "token_file = \"token\"\n{connections}\n[[route]]\ndestination = \"127.0.0.0/8\"\n\n\
+                 [dns]\nresolvers = [\"127.0.0.1:1\"]\n\n[limits]\nmax_streams = 30000\n"
+            ),
         )?;
         Ok(UnderpassSetup { dir, ports })
     }

@@ -20,7 +20,8 @@ use criterion::{
 };
 use underpass_proto::{
     decode, encode, BodyKind, Decoded, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead,
-    Message, Origin, Scheme, ServiceId, ServiceRef, StreamHeader, StreamReply, TcpConnect,
+    Message, Origin, RequestId, Scheme, ServiceId, ServiceRef, StreamHeader, StreamReply,
+    TcpConnect,
 };
 
 /// A `connect()` to an IP literal: the smallest and most common TCP header.
@@ -30,6 +31,7 @@ fn tcp_ipv4() -> StreamHeader {
             Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50))),
             6379,
         )),
+        request_id: RequestId(0x1d2c_3b4a_5968_7788),
     })
 }
 
@@ -40,6 +42,7 @@ fn tcp_hostname() -> StreamHeader {
             Host::Name("postgres.db.cluster.internal".into()),
             5432,
         )),
+        request_id: RequestId(0x1d2c_3b4a_5968_7788),
     })
 }
 
@@ -73,6 +76,7 @@ fn http_request() -> StreamHeader {
             generation: 1,
         }),
         body: BodyKind::Empty,
+        request_id: RequestId(0x1d2c_3b4a_5968_7788),
     })
 }
 

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The protocol version written in every frame.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Bytes before the body: version, kind, length.
 pub const FRAME_HEADER_LEN: usize = 6;
 /// The largest body a frame may carry (64 KiB). Larger frames are refused before any
@@ -155,7 +155,7 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{BodyKind, Header, HttpRequestHead, Origin, Scheme, TcpConnect};
+    use crate::{BodyKind, Header, HttpRequestHead, Origin, RequestId, Scheme, TcpConnect};
     use crate::{ControlMessage, DialTarget, Heartbeat, Host, StreamHeader, StreamReply};
 
     /// Encode `message` alone, check it decodes back to itself using every byte, and return
@@ -182,6 +182,7 @@ pub(crate) mod tests {
                 Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 50))),
                 6379,
             )),
+            request_id: RequestId(1),
         })
     }
 
@@ -194,6 +195,7 @@ pub(crate) mod tests {
             headers: vec![Header::new("x-big", vec![b'a'; value_len])],
             origin: Origin::Dial(DialTarget::new(Host::Name("api.internal".into()), 80)),
             body: BodyKind::Streaming,
+            request_id: RequestId(u64::MAX),
         })
     }
 
@@ -273,16 +275,16 @@ pub(crate) mod tests {
     #[test]
     fn frame_header_layout() {
         let frame = frame_bytes(&StreamReply::TcpAccepted);
-        // version 2, kind 3, length 1 (big endian), body = variant index 1.
+        // version 3, kind 3, length 1 (big endian), body = variant index 1.
         assert_eq!(frame, [PROTOCOL_VERSION, 3, 0, 0, 0, 1, 1]);
-        assert_eq!(PROTOCOL_VERSION, 2);
+        assert_eq!(PROTOCOL_VERSION, 3);
     }
 
     #[test]
     fn wrong_version_is_refused_from_the_first_byte() {
         let mut frame = frame_bytes(&tcp_header());
-        // Version 1 (before service policies) and a future version 3 are both refused.
-        for version in [1, 3] {
+        // Version 2 (before request ids) and a future version 4 are both refused.
+        for version in [2, 4] {
             frame[0] = version;
             for cut in 1..=frame.len() {
                 assert_eq!(

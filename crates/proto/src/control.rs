@@ -44,6 +44,17 @@ pub enum ControlMessage {
     ServicePolicyCa(ServicePolicyCa),
     /// Edge → connector: the service is gone; streams naming it are refused.
     ServiceRemoved(ServiceId),
+    /// Connector → edge: the connector's routes changed (a live reload); they replace the
+    /// ones announced at registration for this connection.
+    Routes(RoutesUpdate),
+}
+
+/// The routes a connector serves now, replacing those of its `Register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesUpdate {
+    /// The routes, as in [`Register::routes`].
+    #[serde(deserialize_with = "crate::bounded::vec")]
+    pub routes: Vec<AnnouncedRoute>,
 }
 
 /// The head of a service's origin policy, on the control stream (edge → connector).
@@ -212,7 +223,7 @@ mod tests {
     }
 
     /// One message per variant, in declaration order.
-    fn every_variant() -> [ControlMessage; 9] {
+    fn every_variant() -> [ControlMessage; 10] {
         [
             ControlMessage::Register(register()),
             ControlMessage::RegisterAccepted(RegisterAccepted {
@@ -247,6 +258,12 @@ mod tests {
                 chunk: b"PEM".to_vec(),
             }),
             ControlMessage::ServiceRemoved(ServiceId([4; 16])),
+            ControlMessage::Routes(RoutesUpdate {
+                routes: vec![AnnouncedRoute {
+                    destination: "127.20.0.0/24".into(),
+                    ports: vec![(1, 65535)],
+                }],
+            }),
         ]
     }
 

@@ -29,14 +29,14 @@ pub use codec::{decode, encode, DecodeError, Decoded, EncodeError, FrameKind, Me
 pub use codec::{FRAME_HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use control::{
     AnnouncedRoute, ConnectorId, ControlMessage, Drain, Heartbeat, RefuseReason, Register,
-    RegisterAccepted, RegisterRefused, ServicePolicy, ServicePolicyCa, TunnelId,
+    RegisterAccepted, RegisterRefused, RoutesUpdate, ServicePolicy, ServicePolicyCa, TunnelId,
     REGISTRATION_EXPORTER_LABEL,
 };
 pub use policy::{OriginPolicy, PolicyAssembler, PolicyError, CA_CHUNK_LEN, MAX_CA_BUNDLE_LEN};
 pub use status::{ProxyStatus, UnknownProxyStatus};
 pub use stream::{
     BodyKind, DialTarget, Header, Host, HttpRequestHead, HttpResponseHead, Origin, ProxyErrorReply,
-    Scheme, ServiceId, ServiceRef, StreamHeader, StreamReply, TcpConnect, TlsVerification,
-    RESET_CANCELLED, RESET_INTERNAL, RESET_PROTOCOL,
+    RequestId, Scheme, ServiceId, ServiceRef, StreamHeader, StreamReply, TcpConnect,
+    TlsVerification, RESET_CANCELLED, RESET_INTERNAL, RESET_PROTOCOL,
 };
 pub use token::{TokenError, TunnelSecret, TunnelToken, TOKEN_PREFIX};

@@ -81,6 +81,20 @@ pub enum Origin {
 pub struct TcpConnect {
     /// The destination: an address (VPC Network) or a TCP service's `tcp_port` on its host.
     pub origin: Origin,
+    /// The edge's id for the binding request, logged on both sides.
+    pub request_id: RequestId,
+}
+
+/// The edge's id for one binding request (a `fetch()`, a `CONNECT`, a TCP-binding
+/// connection), sent in the stream header so that both sides log the same id. Shown as 16
+/// hex digits; zero means "none".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 /// URL scheme of an HTTP exchange: whether the origin speaks TLS.
@@ -150,6 +164,8 @@ pub struct HttpRequestHead {
     pub origin: Origin,
     /// How the request body is delimited.
     pub body: BodyKind,
+    /// The edge's id for the binding request, logged on both sides.
+    pub request_id: RequestId,
 }
 
 /// The head of an HTTP response.
@@ -302,6 +318,7 @@ mod tests {
             ],
             origin,
             body,
+            request_id: RequestId(0x0123_4567_89ab_cdef),
         }
     }
 
@@ -311,6 +328,7 @@ mod tests {
             let mut target = DialTarget::new(host, 5432);
             round_trip(&StreamHeader::Tcp(TcpConnect {
                 origin: Origin::Dial(target.clone()),
+                request_id: RequestId(7),
             }));
             target.resolvers = vec![
                 SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53)),
@@ -318,9 +336,13 @@ mod tests {
             ];
             round_trip(&StreamHeader::Tcp(TcpConnect {
                 origin: Origin::Dial(target),
+                request_id: RequestId::default(),
             }));
         }
-        round_trip(&StreamHeader::Tcp(TcpConnect { origin: service() }));
+        round_trip(&StreamHeader::Tcp(TcpConnect {
+            origin: service(),
+            request_id: RequestId(u64::MAX),
+        }));
     }
 
     #[test]
@@ -385,6 +407,7 @@ mod tests {
         );
         let tcp = StreamHeader::Tcp(TcpConnect {
             origin: Origin::Dial(DialTarget::new(Host::Ip(V4), 1)),
+            request_id: RequestId(1),
         });
         assert_eq!(tag(&Origin::Dial(DialTarget::new(Host::Ip(V4), 1))), 0);
         assert_eq!(tag(&service()), 1);
@@ -410,6 +433,7 @@ mod tests {
     fn tcp_connect_header_size() {
         let header = StreamHeader::Tcp(TcpConnect {
             origin: Origin::Dial(DialTarget::new(Host::Ip(V4), 6379)),
+            request_id: RequestId(5),
         });
         let frame = round_trip(&header);
         println!(
@@ -419,7 +443,7 @@ mod tests {
         assert_eq!(
             frame[..],
             [
-                2, 2, 0, 0, 0, 11, // version, kind, body length
+                3, 2, 0, 0, 0, 12, // version, kind, body length
                 1,  // StreamHeader::Tcp
                 0,  // Origin::Dial
                 0,  // Host::Ip
@@ -427,24 +451,30 @@ mod tests {
                 10, 0, 1, 50, // octets
                 0xeb, 0x31, // port 6379 as a varint
                 0,    // no resolvers
+                5,    // request id as a varint
             ]
         );
-        assert_eq!(frame.len(), 17);
+        assert_eq!(frame.len(), 18);
         // A port below 128 takes one byte less; IPv6 takes 12 more; a name its length + 1.
         let sizes = [
-            (DialTarget::new(Host::Ip(V4), 80), 16),
-            (DialTarget::new(Host::Ip(V6), 6379), 29),
-            (DialTarget::new(Host::Name("db.internal".into()), 5432), 24),
+            (DialTarget::new(Host::Ip(V4), 80), 17),
+            (DialTarget::new(Host::Ip(V6), 6379), 30),
+            (DialTarget::new(Host::Name("db.internal".into()), 5432), 25),
         ];
         for (target, size) in sizes {
             let frame = round_trip(&StreamHeader::Tcp(TcpConnect {
                 origin: Origin::Dial(target),
+                request_id: RequestId::default(),
             }));
             assert_eq!(frame.len(), size);
         }
-        // A service stream names the service only: tag, 16-byte id, generation varint.
-        let frame = round_trip(&StreamHeader::Tcp(TcpConnect { origin: service() }));
-        assert_eq!(frame.len(), FRAME_HEADER_LEN + 1 + 1 + 16 + 1);
+        // A service stream names the service only: tag, 16-byte id, generation varint; then
+        // the request id.
+        let frame = round_trip(&StreamHeader::Tcp(TcpConnect {
+            origin: service(),
+            request_id: RequestId(5),
+        }));
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + 1 + 1 + 16 + 1 + 1);
     }
 
     #[test]

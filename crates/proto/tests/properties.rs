@@ -13,9 +13,9 @@ use underpass_proto::{
     decode, encode, AnnouncedRoute, BodyKind, ConnectorId, ControlMessage, Decoded, DialTarget,
     Drain, FrameKind, Header, Heartbeat, Host, HttpRequestHead, HttpResponseHead, Message, Origin,
     PolicyAssembler, ProxyErrorReply, ProxyStatus, RefuseReason, Register, RegisterAccepted,
-    RegisterRefused, Scheme, ServiceId, ServicePolicy, ServicePolicyCa, ServiceRef, StreamHeader,
-    StreamReply, TcpConnect, TlsVerification, TunnelId, FRAME_HEADER_LEN, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    RegisterRefused, RequestId, Scheme, ServiceId, ServicePolicy, ServicePolicyCa, ServiceRef,
+    StreamHeader, StreamReply, TcpConnect, TlsVerification, TunnelId, FRAME_HEADER_LEN,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 // ----- strategies: one per type on the wire ---------------------------------------------------
@@ -196,10 +196,10 @@ fn http_request_head() -> impl Strategy<Value = HttpRequestHead> {
         (text(), scheme(), text(), text()),
         vec(header(), 0..8),
         origin(),
-        body_kind(),
+        (body_kind(), any::<u64>()),
     )
         .prop_map(
-            |((method, scheme, authority, path), headers, origin, body)| HttpRequestHead {
+            |((method, scheme, authority, path), headers, origin, (body, id))| HttpRequestHead {
                 method,
                 scheme,
                 authority,
@@ -207,6 +207,7 @@ fn http_request_head() -> impl Strategy<Value = HttpRequestHead> {
                 headers,
                 origin,
                 body,
+                request_id: RequestId(id),
             },
         )
 }
@@ -221,7 +222,12 @@ fn origin() -> impl Strategy<Value = Origin> {
 fn stream_header() -> impl Strategy<Value = StreamHeader> {
     prop_oneof![
         http_request_head().prop_map(StreamHeader::Http),
-        origin().prop_map(|origin| StreamHeader::Tcp(TcpConnect { origin })),
+        (origin(), any::<u64>()).prop_map(|(origin, id)| {
+            StreamHeader::Tcp(TcpConnect {
+                origin,
+                request_id: RequestId(id),
+            })
+        }),
     ]
 }
 

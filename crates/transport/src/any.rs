@@ -14,7 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::quic::{QuicConnection, QuicDialer, QuicListener, QuicRecv, QuicSend};
-use crate::{Connection, Dialer, Listener, RecvStream, SendStream, StreamError, TransportError};
+use crate::{
+    Connection, ConnectionStats, Dialer, Listener, RecvStream, SendStream, StreamError,
+    TransportError,
+};
 
 /// Which transport carries a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,6 +127,12 @@ impl Connection for AnyConnection {
     fn remote_address(&self) -> SocketAddr {
         match self {
             AnyConnection::Quic(conn) => conn.remote_address(),
+        }
+    }
+
+    fn stats(&self) -> Option<ConnectionStats> {
+        match self {
+            AnyConnection::Quic(conn) => conn.stats(),
         }
     }
 }

@@ -38,6 +38,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -185,6 +186,30 @@ pub trait Connection: Clone + Send + Sync + 'static {
 
     /// The peer's address.
     fn remote_address(&self) -> SocketAddr;
+
+    /// The transport's counters for this connection, if it keeps any. Dead-peer detection
+    /// (`underpass_mux::peer_silent`) and the metrics read them; a connection without
+    /// counters is never declared silent.
+    fn stats(&self) -> Option<ConnectionStats> {
+        None
+    }
+}
+
+/// A connection's transport counters ([`Connection::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window, in bytes.
+    pub cwnd: u64,
+    /// Packets declared lost since the connection started.
+    pub lost_packets: u64,
+    /// Packets sent since the connection started.
+    pub sent_packets: u64,
+    /// UDP datagrams (or transport frames) received from the peer.
+    pub rx_datagrams: u64,
+    /// UDP datagrams (or transport frames) sent to the peer.
+    pub tx_datagrams: u64,
 }
 
 /// Where the edge takes connections from connectors.

@@ -30,8 +30,15 @@ pub const ALPN: &[u8] = b"underpass/1";
 #[derive(Debug, Clone)]
 pub struct QuicSettings {
     /// Interval between keep-alive packets when the connection is otherwise idle; zero
-    /// disables keep-alives. Must be below `idle_timeout`.
+    /// disables keep-alives. Must be below `idle_timeout` (and `peer_timeout`). The default,
+    /// 1 s, is what lets a silent peer be noticed within [`peer_timeout`](Self::peer_timeout);
+    /// an idle connection then costs about two 50-byte packets a second each way.
     pub keep_alive: Duration,
+    /// A peer from which nothing (not even a keep-alive or an acknowledgement) has arrived for
+    /// this long is dead: the connection is closed and its streams fail, long before
+    /// `idle_timeout`. Read by `underpass_mux::peer_silent`; zero, or keep-alives off,
+    /// disables it.
+    pub peer_timeout: Duration,
     /// A connection silent for this long is closed. Generous so that a lossy network does not
     /// churn connections. Also bounds how long a handshake may take.
     pub idle_timeout: Duration,
@@ -58,7 +65,8 @@ pub struct QuicSettings {
 impl Default for QuicSettings {
     fn default() -> Self {
         Self {
-            keep_alive: Duration::from_secs(15),
+            keep_alive: Duration::from_secs(1),
+            peer_timeout: Duration::from_millis(2500),
             idle_timeout: Duration::from_secs(60),
             stream_receive_window: 16 << 20,
             connection_receive_window: 64 << 20,
@@ -71,6 +79,12 @@ impl Default for QuicSettings {
 }
 
 impl QuicSettings {
+    /// How long a silent peer is tolerated, or `None` when dead-peer detection is off (no
+    /// peer timeout, or no keep-alives to make a live peer heard).
+    pub fn peer_timeout(&self) -> Option<Duration> {
+        (!self.peer_timeout.is_zero() && !self.keep_alive.is_zero()).then_some(self.peer_timeout)
+    }
+
     /// The quinn transport configuration these settings describe.
     pub fn transport_config(&self) -> Result<TransportConfig, TransportError> {
         if self.idle_timeout.is_zero() {
@@ -82,6 +96,16 @@ impl QuicSettings {
             return Err(TransportError::Settings(format!(
                 "keep_alive ({:?}) must be below idle_timeout ({:?})",
                 self.keep_alive, self.idle_timeout
+            )));
+        }
+        if !self.peer_timeout.is_zero()
+            && !self.keep_alive.is_zero()
+            && (self.peer_timeout <= self.keep_alive || self.peer_timeout > self.idle_timeout)
+        {
+            return Err(TransportError::Settings(format!(
+                "peer_timeout ({:?}) must be above keep_alive ({:?}) and at most idle_timeout \
+                 ({:?})",
+                self.peer_timeout, self.keep_alive, self.idle_timeout
             )));
         }
         let idle = IdleTimeout::try_from(self.idle_timeout)

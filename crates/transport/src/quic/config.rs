@@ -29,6 +29,10 @@ pub struct QuicConfig {
     pub keep_alive_ms: Option<u64>,
     /// A connection silent this long is closed, in milliseconds (above zero).
     pub idle_timeout_ms: Option<u64>,
+    /// A peer heard nothing from for this long is dead and its connection closed, in
+    /// milliseconds; must be above `keep_alive_ms` and at most `idle_timeout_ms`; 0 disables
+    /// dead-peer detection (as does `keep_alive_ms = 0`).
+    pub peer_timeout_ms: Option<u64>,
     /// Per-stream receive window, in bytes (above zero).
     pub stream_receive_window: Option<u64>,
     /// Connection-wide receive window, in bytes (above zero).
@@ -64,6 +68,21 @@ impl QuicConfig {
                 shown(idle_timeout_ms, self.idle_timeout_ms),
             )));
         }
+        let peer_timeout_ms = self
+            .peer_timeout_ms
+            .unwrap_or(millis(defaults.peer_timeout));
+        if peer_timeout_ms != 0
+            && keep_alive_ms != 0
+            && (peer_timeout_ms <= keep_alive_ms || peer_timeout_ms > idle_timeout_ms)
+        {
+            return Err(invalid(format!(
+                "quic.peer_timeout_ms ({}) must be above quic.keep_alive_ms ({}) and at most \
+                 quic.idle_timeout_ms ({})",
+                shown(peer_timeout_ms, self.peer_timeout_ms),
+                shown(keep_alive_ms, self.keep_alive_ms),
+                shown(idle_timeout_ms, self.idle_timeout_ms),
+            )));
+        }
         let window = |key: &str, value: Option<u64>, default: u64| {
             let value = value.unwrap_or(default);
             above_zero(key, value)?;
@@ -73,6 +92,7 @@ impl QuicConfig {
         let settings = QuicSettings {
             keep_alive: Duration::from_millis(keep_alive_ms),
             idle_timeout: Duration::from_millis(idle_timeout_ms),
+            peer_timeout: Duration::from_millis(peer_timeout_ms),
             stream_receive_window: window(
                 "stream_receive_window",
                 self.stream_receive_window,
@@ -205,6 +225,7 @@ mod tests {
             "[quic]\n\
              keep_alive_ms = 0\n\
              idle_timeout_ms = 5000\n\
+             peer_timeout_ms = 4000\n\
              stream_receive_window = 1000\n\
              connection_receive_window = 2000\n\
              send_window = 3000\n\
@@ -216,6 +237,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.keep_alive, Duration::ZERO);
         assert_eq!(settings.idle_timeout, Duration::from_secs(5));
+        assert_eq!(settings.peer_timeout, Duration::from_secs(4));
         assert_eq!(settings.stream_receive_window, 1000);
         assert_eq!(settings.connection_receive_window, 2000);
         assert_eq!(settings.send_window, 3000);
@@ -236,12 +258,38 @@ mod tests {
         );
         // A default on one side is named as such, so the message still makes sense.
         assert_eq!(
-            error("[quic]\nidle_timeout_ms = 10000\n"),
-            "quic.keep_alive_ms (15000, the default) must be below quic.idle_timeout_ms (10000)"
+            error("[quic]\nidle_timeout_ms = 800\n"),
+            "quic.keep_alive_ms (1000, the default) must be below quic.idle_timeout_ms (800)"
         );
         assert_eq!(
             error("[quic]\nkeep_alive_ms = 90000\n"),
             "quic.keep_alive_ms (90000) must be below quic.idle_timeout_ms (60000, the default)"
+        );
+    }
+
+    #[test]
+    fn peer_timeout_sits_between_keep_alive_and_idle_timeout() {
+        assert_eq!(
+            error("[quic]\npeer_timeout_ms = 1000\n"),
+            "quic.peer_timeout_ms (1000) must be above quic.keep_alive_ms (1000, the default) \
+             and at most quic.idle_timeout_ms (60000, the default)"
+        );
+        assert_eq!(
+            error("[quic]\nidle_timeout_ms = 2000\n"),
+            "quic.peer_timeout_ms (2500, the default) must be above quic.keep_alive_ms (1000, \
+             the default) and at most quic.idle_timeout_ms (2000)"
+        );
+        let off = parse("[quic]\npeer_timeout_ms = 0\n").settings().unwrap();
+        assert_eq!(off.peer_timeout(), None);
+        let no_keep_alive = parse("[quic]\nkeep_alive_ms = 0\n").settings().unwrap();
+        assert_eq!(no_keep_alive.peer_timeout(), None);
+        let set = parse("[quic]\npeer_timeout_ms = 4000\n")
+            .settings()
+            .unwrap();
+        assert_eq!(set.peer_timeout(), Some(Duration::from_secs(4)));
+        assert_eq!(
+            QuicConfig::default().settings().unwrap().peer_timeout(),
+            Some(Duration::from_millis(2500))
         );
     }
 

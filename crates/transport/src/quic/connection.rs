@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{ConnectionError, ReadError, StoppedError, VarInt, WriteError};
 
-use crate::{Connection, RecvStream, SendStream, StreamError};
+use crate::{Connection, ConnectionStats, RecvStream, SendStream, StreamError};
 
 /// Reset code sent when a [`QuicSend`] is dropped while neither finished nor reset (equal to
 /// `underpass_proto::RESET_CANCELLED`), so an abandoned stream never looks complete.
@@ -37,7 +37,7 @@ impl QuicConnection {
     }
 
     /// quinn's counters for this connection (packets, losses, congestion events).
-    pub fn stats(&self) -> quinn::ConnectionStats {
+    pub fn quinn_stats(&self) -> quinn::ConnectionStats {
         self.inner.stats()
     }
 
@@ -88,6 +88,18 @@ impl Connection for QuicConnection {
 
     fn remote_address(&self) -> SocketAddr {
         self.inner.remote_address()
+    }
+
+    fn stats(&self) -> Option<ConnectionStats> {
+        let stats = self.inner.stats();
+        Some(ConnectionStats {
+            rtt: stats.path.rtt,
+            cwnd: stats.path.cwnd,
+            lost_packets: stats.path.lost_packets,
+            sent_packets: stats.path.sent_packets,
+            rx_datagrams: stats.udp_rx.datagrams,
+            tx_datagrams: stats.udp_tx.datagrams,
+        })
     }
 }
 

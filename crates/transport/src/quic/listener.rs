@@ -40,11 +40,44 @@ pub struct QuicListener {
 
 impl QuicListener {
     /// Bind a UDP socket on `addr` and serve QUIC with `tls` (which should offer
-    /// [`ALPN`](super::ALPN)). Must be called within a tokio runtime.
+    /// [`ALPN`](super::ALPN)), with a random stateless-reset key. Must be called within a
+    /// tokio runtime.
     pub fn bind(
         addr: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
         settings: &QuicSettings,
+    ) -> Result<Self, TransportError> {
+        Self::bind_with(addr, tls, settings, EndpointConfig::default())
+    }
+
+    /// [`bind`](Self::bind), with `reset_key` as the stateless-reset key. A listener
+    /// restarted with the key of its previous run answers the packets of that run's
+    /// connections with a stateless reset, which the peers recognise: they learn at once
+    /// that the connection is gone instead of waiting for a timeout. Keep the key secret
+    /// (whoever has it can reset the listener's connections).
+    pub fn bind_with_reset_key(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        settings: &QuicSettings,
+        reset_key: [u8; 32],
+    ) -> Result<Self, TransportError> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
+        let mut config = EndpointConfig::new(Arc::new(key));
+        // Connection ids carry a check keyed per generator, and packets whose id fails it are
+        // dropped without a reset: derive that key from the reset key too, so a restarted
+        // listener recognises the ids it issued before and resets those connections.
+        let cid_key = u64::from_le_bytes(reset_key[..8].try_into().unwrap_or_default());
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        Self::bind_with(addr, tls, settings, config)
+    }
+
+    fn bind_with(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        settings: &QuicSettings,
+        endpoint_config: EndpointConfig,
     ) -> Result<Self, TransportError> {
         if settings.max_handshakes == 0 || settings.max_handshakes > Semaphore::MAX_PERMITS {
             return Err(TransportError::Settings(format!(
@@ -62,7 +95,7 @@ impl QuicListener {
             socket::bind_udp(addr, settings.socket_buffer).map_err(TransportError::Bind)?;
         let local_addr = socket.local_addr().map_err(TransportError::Bind)?;
         let endpoint = quinn::Endpoint::new(
-            EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),

@@ -1,0 +1,154 @@
+//! The admin listener both programs can serve (`[admin] listen`): `/healthz`, `/ready`,
+//! `/metrics`, and whatever else the program's [`AdminHandler`] answers, as JSON over
+//! HTTP/1.1 (hyper).
+//!
+//! The listener is not tracked by [`Shutdown`](crate::Shutdown): it keeps answering while the
+//! program drains (so `/ready` can say 503 then) and stops when the [`AdminServer`] is
+//! dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The content type of `/metrics` (the Prometheus text format, which Prometheus and promtool
+/// read; prometheus-client writes OpenMetrics text, a compatible superset).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What a program answers on its admin listener.
+pub trait AdminHandler: Send + Sync + 'static {
+    /// `GET /ready`: whether the program is ready (200, else 503) and the JSON body.
+    fn ready(&self) -> (bool, serde_json::Value);
+    /// `GET /metrics`: the metrics in the Prometheus text format.
+    fn metrics(&self) -> String;
+    /// Any other path: `Some((status, body))` to answer, `None` for 404.
+    fn route(&self, _method: &Method, _path: &str) -> Option<(u16, serde_json::Value)> {
+        None
+    }
+}
+
+/// A running admin listener; dropping it stops accepting and ends its connections.
+pub struct AdminServer {
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl AdminServer {
+    /// Bind `addr` and serve `handler` on a task of the current runtime. A non-loopback
+    /// address is served but warned about (the endpoints carry no authentication).
+    pub async fn bind(
+        addr: SocketAddr,
+        handler: Arc<dyn AdminHandler>,
+    ) -> std::io::Result<AdminServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        if !local_addr.ip().is_loopback() {
+            warn!(
+                %local_addr,
+                "the admin listener is not on loopback: /metrics and the status endpoints are \
+                 readable by anyone who can reach it"
+            );
+        }
+        info!(%local_addr, "admin listener bound (/healthz, /ready, /metrics)");
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, handler, stop.clone()));
+        Ok(AdminServer { local_addr, stop })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Arc<dyn AdminHandler>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(answer(&*handler, &request)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = conn => if let Err(error) = result {
+                    debug!(%peer, %error, "admin connection ended with an error");
+                },
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn answer(handler: &dyn AdminHandler, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method();
+    let path = request.uri().path();
+    match (method, path) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/ready") => {
+            let (ready, body) = handler.ready();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(status, &body)
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
+            .body(Full::new(Bytes::from(handler.metrics())))
+            .unwrap_or_default(),
+        _ => match handler.route(method, path) {
+            Some((status, body)) => json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            ),
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
+            ),
+        },
+    }
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut text = body.to_string();
+    text.push('\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_default()
+}
