@@ -42,7 +42,7 @@ pub fn edge_binary() -> PathBuf {
 
 /// `cargo build -p PACKAGE --bin BIN` in the profile of the running test executable (its
 /// folder is `target/<profile>/deps`); returns the binary's path.
-fn build_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("the test executable's path")?;
     let profile_dir = exe
         .parent()
@@ -233,7 +233,7 @@ impl EdgeProcess {
 }
 
 /// The QUIC address and every binding's address from the edge's log, once all are there.
-fn parse_addresses(
+pub(crate) fn parse_addresses(
     log: &str,
     names: &[String],
 ) -> Option<(SocketAddr, HashMap<String, SocketAddr>)> {

@@ -17,17 +17,23 @@
 //! Builders panic with a readable message (including the server's own log) when a server does
 //! not start: in a test that is the most useful failure.
 
+pub mod admin;
+pub mod connector_process;
 pub mod dns;
 pub mod dnsmasq;
 pub mod echo;
+pub mod edge_home;
 pub mod edge_process;
 pub mod heavy;
 pub mod http1;
+pub mod load;
 pub mod nginx;
 pub mod pattern;
+pub mod pattern_origin;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod slow_origin;
 pub mod sockets;

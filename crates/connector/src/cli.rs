@@ -3,16 +3,18 @@
 //! Exit status: 0 on success, 64 ([`EX_USAGE`]) for a bad command line or configuration, 1
 //! ([`EX_FAILURE`]) when the connector fails at run time; the same as the edge's.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tracing::error;
-use underpass_rt::{init_tracing, runtime, terminate_signal, EX_FAILURE, EX_USAGE};
+use tracing::{error, info, warn};
+use underpass_proto::TOKEN_PREFIX;
+use underpass_rt::{init_tracing, runtime, LogFormat, Signal, Signals, EX_FAILURE, EX_USAGE};
 use underpass_transport::tls::EdgeVerification;
 
-use crate::config::{ConnectorConfig, Overrides, TOKEN_ENV};
-use crate::supervisor;
+use crate::config::{ConfigError, ConnectorConfig, Overrides, TOKEN_ENV};
+use crate::supervisor::{Connector, ConnectorError, ConnectorHandle};
 
 /// Underpass connector: dials out to the edge and serves binding traffic to private services.
 #[derive(Debug, Parser)]
@@ -26,7 +28,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Connect to the edge and serve until SIGINT or SIGTERM.
+    /// Connect to the edge and serve until SIGINT or SIGTERM (then drain; a second signal
+    /// exits at once). SIGHUP reloads the config file's routes, deny list, DNS and limits.
     Run(RunArgs),
     /// Validate a config file and print a summary, without connecting.
     CheckConfig(CheckArgs),
@@ -62,6 +65,13 @@ pub struct RunArgs {
     /// the edge. For experiments only.
     #[arg(long)]
     pub dangerous_accept_any_edge_certificate: bool,
+    /// Serve /healthz, /ready and /metrics on this address (overrides `[admin] listen`;
+    /// 127.0.0.1:20241 is the documented choice).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log format: `text` or `json` (one JSON object a line). Overrides `log_format`.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// `underpass check-config`.
@@ -87,26 +97,26 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing("info");
     match cli.command {
         Command::CheckConfig(args) => check_config(args),
         Command::Run(args) => run(args),
     }
 }
 
-fn overrides(token: TokenArgs, routes: Vec<String>) -> Overrides {
+fn overrides(token: &TokenArgs, routes: &[String]) -> Overrides {
     Overrides {
-        token: token.token,
-        token_file: token.token_file,
+        token: token.token.clone(),
+        token_file: token.token_file.clone(),
         env_token: std::env::var(TOKEN_ENV)
             .ok()
             .filter(|t| !t.trim().is_empty()),
-        routes,
+        routes: routes.to_vec(),
     }
 }
 
 fn check_config(args: CheckArgs) -> ExitCode {
-    let overrides = overrides(args.token, Vec::new());
+    init_tracing("warn", LogFormat::Text);
+    let overrides = overrides(&args.token, &[]);
     match ConnectorConfig::load(Some(&args.file), &overrides) {
         Ok(config) => {
             println!("{}: OK", args.file.display());
@@ -114,24 +124,37 @@ fn check_config(args: CheckArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", redact(&error.to_string()));
             ExitCode::from(EX_USAGE)
         }
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let overrides = overrides(args.token, args.routes);
-    let mut config = match ConnectorConfig::load(args.config.as_deref(), &overrides) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
+/// The configuration `args` describe: the file (if any), then the flags over it.
+fn load(args: &RunArgs, overrides: &Overrides) -> Result<ConnectorConfig, ConfigError> {
+    let mut config = ConnectorConfig::load(args.config.as_deref(), overrides)?;
     if args.dangerous_accept_any_edge_certificate {
         config.edge.verification = EdgeVerification::DangerousNoVerify;
     }
+    if let Some(addr) = args.admin_listen {
+        config.admin_listen = Some(addr);
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let overrides = overrides(&args.token, &args.routes);
+    let config = match load(&args, &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {}", redact(&error.to_string()));
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_tracing("info", config.log_format);
     let runtime = match runtime(config.worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -139,11 +162,143 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EX_FAILURE);
         }
     };
-    match runtime.block_on(supervisor::run(config, terminate_signal())) {
+    match runtime.block_on(serve(config, &args, &overrides)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "connector failed");
+            eprintln!("error: {e}");
             ExitCode::from(EX_FAILURE)
         }
+    }
+}
+
+/// Run until SIGTERM/SIGINT (drain, then return; a second one exits at once); SIGHUP
+/// reloads the configuration.
+async fn serve(
+    config: ConnectorConfig,
+    args: &RunArgs,
+    overrides: &Overrides,
+) -> Result<(), ConnectorError> {
+    let mut signals = Signals::new()
+        .map_err(|e| ConnectorError::Supervisor(format!("cannot listen for signals: {e}")))?;
+    let mut connector = Connector::new(config)?;
+    connector.bind_admin().await?;
+    let mut handle = connector.spawn();
+    loop {
+        tokio::select! {
+            result = handle.wait() => return result,
+            signal = signals.next() => match signal {
+                Signal::Terminate if !handle.is_stopping() => {
+                    info!("signal received: draining; a second one exits at once");
+                    handle.stop();
+                }
+                Signal::Terminate => {
+                    warn!("second signal: exiting at once");
+                    std::process::exit(i32::from(EX_FAILURE));
+                }
+                Signal::Hangup => reload(&handle, args, overrides),
+            },
+        }
+    }
+}
+
+/// SIGHUP: read the configuration again and apply what can be applied; a bad file is refused
+/// with its reason and the running configuration kept.
+fn reload(handle: &ConnectorHandle, args: &RunArgs, overrides: &Overrides) {
+    let Some(path) = &args.config else {
+        warn!("SIGHUP: no config file to reload (started without --config); nothing changes");
+        return;
+    };
+    info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let config = match load(args, overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            error!(
+                config = %path.display(),
+                error = %redact(&error.to_string()),
+                "configuration NOT reloaded: the file is invalid; the running configuration is \
+                 kept"
+            );
+            return;
+        }
+    };
+    let (routes, deny, max_streams) = (config.routes.len(), config.deny.len(), config.max_streams);
+    match handle.reload(config) {
+        Ok(report) => {
+            info!(
+                routes,
+                deny,
+                max_streams,
+                routes_changed = report.routes_changed,
+                "configuration reloaded: new streams use it"
+            );
+            if !report.restart_needed.is_empty() {
+                warn!(
+                    keys = %report.restart_needed.join(", "),
+                    "these keys changed but take effect only after a restart; their running \
+                     values are kept"
+                );
+            }
+        }
+        Err(error) => error!(
+            %error,
+            "configuration NOT reloaded; the running configuration is kept"
+        ),
+    }
+}
+
+/// `text` with anything that looks like a tunnel token replaced by `upt1_***`: a config
+/// parser's message may quote the line it failed on, and that line may hold the token.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(TOKEN_PREFIX) {
+        out.push_str(&rest[..at]);
+        out.push_str(TOKEN_PREFIX);
+        out.push_str("***");
+        let after = &rest[at + TOKEN_PREFIX.len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '='))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_redacted() {
+        assert_eq!(
+            redact("1 | token = \"upt1_AbC-d_9=\" x\n  |"),
+            "1 | token = \"upt1_***\" x\n  |"
+        );
+        assert_eq!(redact("no secret here"), "no secret here");
+        assert_eq!(redact("upt1_a upt1_b"), "upt1_*** upt1_***");
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "underpass",
+            "run",
+            "--admin-listen",
+            "127.0.0.1:20241",
+            "--log-format",
+            "json",
+        ])
+        .expect("valid flags");
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(
+            args.admin_listen,
+            Some("127.0.0.1:20241".parse().expect("addr"))
+        );
+        assert_eq!(args.log_format, Some(LogFormat::Json));
+        assert!(Cli::try_parse_from(["underpass", "run", "--log-format", "xml"]).is_err());
     }
 }

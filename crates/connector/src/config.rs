@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use underpass_proto::{AnnouncedRoute, TunnelToken};
 use underpass_routes::{PortSet, RouteSpec};
+use underpass_rt::LogFormat;
 use underpass_transport::quic::QuicSettings;
 use underpass_transport::tls::EdgeVerification;
 
@@ -198,6 +199,10 @@ pub struct ConnectorConfig {
     /// Tokio worker threads for the binary; 1 (the default) a current-thread runtime, 0 one
     /// per core.
     pub worker_threads: usize,
+    /// The admin listener (`/healthz`, `/ready`, `/metrics`); off when `None`.
+    pub admin_listen: Option<SocketAddr>,
+    /// How the binary writes its logs.
+    pub log_format: LogFormat,
 }
 
 /// Builds a [`ConnectorConfig`] in code, with the same validation as the file.
@@ -209,6 +214,10 @@ pub struct ConnectorConfigBuilder {
 
 // --- Defaults --------------------------------------------------------------------------------
 
+/// Default `connections`.
+pub const DEFAULT_CONNECTIONS: u8 = 4;
+/// The documented `[admin] listen` address (the listener is off unless configured).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:20241";
 /// Default `limits.max_streams`.
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 /// Largest `limits.max_streams` accepted.
@@ -326,6 +335,10 @@ impl ConnectorConfig {
         };
         out.push_str(&format!("resolvers:     {resolvers}\n"));
         out.push_str(&format!("max streams:   {}\n", self.max_streams));
+        let admin = self
+            .admin_listen
+            .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        out.push_str(&format!("admin:         {admin}\n"));
         out
     }
 }
@@ -459,6 +472,12 @@ impl ConnectorConfigBuilder {
     /// Dial these edge addresses instead of the token's.
     pub fn edge_addresses(mut self, addresses: &[String]) -> Self {
         self.file.edge.addresses = Some(addresses.to_vec());
+        self
+    }
+
+    /// `[admin] listen`.
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.file.admin.listen = Some(addr.to_string());
         self
     }
 

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::debug;
 use underpass_proto::{DialTarget, Host, ProxyErrorReply, ProxyStatus};
 use underpass_routes::{Decision, RouteSpec, RouteTable};
 
 use crate::config::{ConnectorConfig, DnsSettings};
+use crate::metrics::DialMetrics;
 use crate::resolve::{Resolver, SystemDnsError, MAX_RESOLVERS_PER_REQUEST};
 
 /// RFC 8305 "Connection Attempt Delay": the next address is tried this long after the
@@ -30,6 +32,8 @@ pub struct Dialer {
     resolver: Resolver,
     connect_timeout: Duration,
     attempt_delay: Duration,
+    /// Latency histograms, when the connector keeps metrics.
+    metrics: Option<DialMetrics>,
 }
 
 impl Dialer {
@@ -45,7 +49,14 @@ impl Dialer {
             resolver: Resolver::new(&dns.resolvers, dns.timeout)?,
             connect_timeout,
             attempt_delay: ATTEMPT_DELAY,
+            metrics: None,
         })
+    }
+
+    /// The same dialer, recording resolution and dial latencies into `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: DialMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The dialer a configuration describes.
@@ -57,6 +68,15 @@ impl Dialer {
     ///
     /// The returned socket has `TCP_NODELAY` set.
     pub async fn dial(&self, target: &DialTarget) -> Result<TcpStream, ProxyErrorReply> {
+        let started = Instant::now();
+        let dialed = self.check_and_connect(target).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.dial(started.elapsed(), dialed.is_ok());
+        }
+        dialed
+    }
+
+    async fn check_and_connect(&self, target: &DialTarget) -> Result<TcpStream, ProxyErrorReply> {
         let port = target.port;
         let candidates = match &target.host {
             Host::Ip(ip) => vec![self.check_ip(ip.to_canonical(), port)?],
@@ -104,7 +124,12 @@ impl Dialer {
         // Resolve the name the route matched: lowercase, no trailing dot, IDN as punycode.
         let normalized = underpass_routes::normalize_hostname(name);
         let name = normalized.as_deref().unwrap_or(name);
-        let resolved = self.resolver.lookup(name, resolvers).await?;
+        let started = Instant::now();
+        let resolved = self.resolver.lookup(name, resolvers).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.dns(started.elapsed(), resolved.is_ok());
+        }
+        let resolved = resolved?;
         let mut allowed = Vec::with_capacity(resolved.len());
         for ip in resolved {
             let ip = ip.to_canonical();

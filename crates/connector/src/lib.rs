@@ -5,12 +5,15 @@
 //! Modules, top to bottom (each uses only those below it):
 //!
 //! - `supervisor`: the connection slots ([`Connector`], [`ConnectorHandle`]): backoff,
-//!   connection states, one tracing span per attempt;
+//!   connection states, one tracing span per attempt, the admin listener, live reload
+//!   ([`reload`]);
 //! - `session`: one connection: registration, the control loop (heartbeats, drain, service
 //!   policies), drain and close;
 //! - `streams`: the data streams of a connection: dispatch, the stream limit, `connect()` and
 //!   `fetch()`;
 //! - `policy`: the service policies a connection received, waited for by its streams;
+//! - `outcome`: how a stream ended, logged and counted in one place;
+//! - `metrics`: the Prometheus metrics served on the admin listener's `/metrics`;
 //! - `origin`: the HTTP client towards origins (pool, TLS, upgrades);
 //! - [`dial`]: route check, resolution ([`resolve`]), deny-list re-check, Happy Eyeballs;
 //! - [`config`]: the TOML configuration, validated once before anything is dialed;
@@ -41,8 +44,11 @@ mod backoff;
 pub mod cli;
 pub mod config;
 pub mod dial;
+mod metrics;
 mod origin;
+mod outcome;
 mod policy;
+pub mod reload;
 pub mod resolve;
 mod session;
 mod streams;
@@ -50,4 +56,5 @@ mod supervisor;
 
 pub use config::{ConfigError, ConnectorConfig, ConnectorConfigBuilder, Overrides};
 pub use dial::Dialer;
+pub use reload::{ReloadError, ReloadReport};
 pub use supervisor::{run, ConnectionState, Connector, ConnectorError, ConnectorHandle, WaitError};

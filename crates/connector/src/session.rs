@@ -16,21 +16,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn, Span};
 use underpass_mux::{
-    accept_stream, registration_proof, write_frame, ControlChannel, FrameReader, MuxError,
+    accept_stream, peer_silent, registration_proof, write_frame, ControlChannel, FrameReader,
+    MuxError,
 };
 use underpass_proto::{
     AnnouncedRoute, CloseCode, ConnectorId, ControlMessage, Drain, Heartbeat, OriginPolicy,
-    PolicyAssembler, PolicyError, Register, RegisterAccepted, RegisterRefused, TunnelToken,
+    PolicyAssembler, PolicyError, Register, RegisterAccepted, RegisterRefused, RoutesUpdate,
+    TunnelToken,
 };
 use underpass_rt::Shutdown;
 use underpass_transport::{Connection, RecvStream, SendStream};
 
 use crate::config::ConnectorConfig;
+use crate::metrics::ConnectorMetrics;
 use crate::policy::PolicyStore;
 use crate::streams::{StreamContext, Streams};
 
@@ -44,9 +47,13 @@ const DELIVERY_LINGER: Duration = Duration::from_secs(3);
 pub(crate) struct SessionSettings {
     token: TunnelToken,
     connector_id: ConnectorId,
-    routes: Vec<AnnouncedRoute>,
+    /// The routes to announce: at registration, and again on every connection whenever a
+    /// live reload changes them.
+    routes: watch::Receiver<Vec<AnnouncedRoute>>,
     register_timeout: Duration,
     drain_grace: Duration,
+    /// Dead-peer detection (`quic.peer_timeout_ms`), if on.
+    peer_timeout: Option<Duration>,
 }
 
 /// How a connection attempt ended.
@@ -64,8 +71,8 @@ pub(crate) enum SessionEnd {
         /// How long the registration lasted.
         uptime: Duration,
     },
-    /// Registered, then the edge asked to drain after `uptime`; the old connection finishes
-    /// on its own.
+    /// Registered, then the edge asked to drain (or closed the connection as drained or
+    /// shutting down) after `uptime`; the old connection finishes on its own.
     Drained {
         /// How long the registration lasted.
         uptime: Duration,
@@ -77,6 +84,9 @@ pub(crate) struct Registered<C: Connection> {
     conn: C,
     control: ControlChannel<C::Send, C::Recv>,
     accepted: RegisterAccepted,
+    index: u8,
+    /// Route changes after the ones sent in `Register`.
+    routes: watch::Receiver<Vec<AnnouncedRoute>>,
 }
 
 /// Why the control loop ended, which ends the connection.
@@ -86,14 +96,20 @@ struct ControlEnd {
 }
 
 impl SessionSettings {
-    /// What `config` says, for the connector instance `connector_id`.
-    pub(crate) fn new(config: &ConnectorConfig, connector_id: ConnectorId) -> Self {
+    /// What `config` says, for the connector instance `connector_id`, announcing the routes
+    /// `routes` holds.
+    pub(crate) fn new(
+        config: &ConnectorConfig,
+        connector_id: ConnectorId,
+        routes: watch::Receiver<Vec<AnnouncedRoute>>,
+    ) -> Self {
         SessionSettings {
             token: config.token.clone(),
             connector_id,
-            routes: config.announced_routes(),
+            routes,
             register_timeout: config.timeouts.register,
             drain_grace: config.timeouts.drain,
+            peer_timeout: config.quic.peer_timeout(),
         }
     }
 }
@@ -115,7 +131,7 @@ pub(crate) async fn register<C: Connection>(
         }
     };
     match registered {
-        Ok(Ok((control, accepted))) => {
+        Ok(Ok((control, accepted, routes))) => {
             Span::current().record("connection_id", accepted.connection_id);
             info!(
                 edge_name = %accepted.edge_name,
@@ -126,6 +142,8 @@ pub(crate) async fn register<C: Connection>(
                 conn,
                 control,
                 accepted,
+                index,
+                routes,
             })
         }
         Ok(Err(Refusal::Refused(refused))) => {
@@ -152,12 +170,20 @@ enum Refusal {
     Failed(String),
 }
 
+/// What a successful registration exchange gives: the control channel, the edge's answer,
+/// and the route watch (the routes sent are marked seen).
+type Exchanged<C> = (
+    ControlChannel<<C as Connection>::Send, <C as Connection>::Recv>,
+    RegisterAccepted,
+    watch::Receiver<Vec<AnnouncedRoute>>,
+);
+
 /// Open the control stream, send `Register`, read the answer.
 async fn exchange<C: Connection>(
     conn: &C,
     settings: &SessionSettings,
     index: u8,
-) -> Result<(ControlChannel<C::Send, C::Recv>, RegisterAccepted), Refusal> {
+) -> Result<Exchanged<C>, Refusal> {
     let failed = |what: &str, error: MuxError| Refusal::Failed(format!("{what}: {error}"));
     let token = &settings.token;
     let mut control = ControlChannel::open(conn)
@@ -165,20 +191,21 @@ async fn exchange<C: Connection>(
         .map_err(|e| failed("cannot open the control stream", e))?;
     let proof = registration_proof(conn, &token.tunnel_id, &token.secret)
         .map_err(|e| failed("cannot compute the registration proof", e))?;
+    let mut routes = settings.routes.clone();
     let register = Register {
         tunnel_id: token.tunnel_id,
         proof,
         connector_id: settings.connector_id,
         connection_index: index,
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        routes: settings.routes.clone(),
+        routes: routes.borrow_and_update().clone(),
     };
     control
         .send(&ControlMessage::Register(register))
         .await
         .map_err(|e| failed("cannot send the registration", e))?;
     match control.recv().await {
-        Ok(Some(ControlMessage::RegisterAccepted(accepted))) => Ok((control, accepted)),
+        Ok(Some(ControlMessage::RegisterAccepted(accepted))) => Ok((control, accepted, routes)),
         Ok(Some(ControlMessage::RegisterRefused(refused))) => Err(Refusal::Refused(refused)),
         Ok(Some(other)) => Err(Refusal::Failed(format!(
             "edge answered the registration with {}",
@@ -208,8 +235,11 @@ impl<C: Connection> Registered<C> {
             conn,
             control,
             accepted,
+            index,
+            mut routes,
         } = self;
         let registered_at = Instant::now();
+        let live = LiveConnection::new(&conn, accepted.connection_id, index, context.metrics());
         let (store, policies) = PolicyStore::new();
         let (send, reader) = control.split();
         let (commands, command_rx) = mpsc::channel(4);
@@ -229,17 +259,38 @@ impl<C: Connection> Registered<C> {
         let mut control_task: JoinHandle<ControlEnd> = slot.spawn(control.run());
         let mut streams = Streams::new(context, policies, slot.child());
         let mut drain_open = true;
+        let mut routes_open = true;
         let stopping = slot.stopping();
         tokio::pin!(stopping);
+        let silent = silence(conn.clone(), settings.peer_timeout);
+        tokio::pin!(silent);
         let reason = loop {
             tokio::select! {
                 incoming = accept_stream(&conn) => match incoming {
                     Ok(incoming) => streams.spawn(incoming),
                     Err(error) => {
+                        let reason = error.to_string();
+                        if closed_as_drained(&reason) {
+                            info!(%reason, "the edge closed this connection as drained");
+                            control_task.abort();
+                            streams.lost().await;
+                            live.gone();
+                            return SessionEnd::Drained {
+                                uptime: registered_at.elapsed(),
+                            };
+                        }
                         close(&conn, CloseCode::ControlLost, "connection lost");
-                        break error.to_string();
+                        break reason;
                     }
                 },
+                silent_for = &mut silent => {
+                    let reason = format!("peer silent for {} ms", silent_for.as_millis());
+                    close(&conn, CloseCode::ControlLost, &reason);
+                    break format!(
+                        "{reason}: nothing arrived from the edge (not even an acknowledgement); \
+                         it is down or the network path to it is broken"
+                    );
+                }
                 ended = &mut control_task => {
                     let ended = ended.unwrap_or_else(|e| ControlEnd {
                         code: CloseCode::ControlLost,
@@ -248,6 +299,18 @@ impl<C: Connection> Registered<C> {
                     close(&conn, ended.code, &ended.reason);
                     break ended.reason;
                 }
+                changed = routes.changed(), if routes_open => match changed {
+                    Ok(()) => {
+                        let update = RoutesUpdate {
+                            routes: routes.borrow_and_update().clone(),
+                        };
+                        info!(routes = update.routes.len(), "announcing the reloaded routes");
+                        if commands.send(ControlMessage::Routes(update)).await.is_err() {
+                            debug!("the control loop is gone; the routes are not announced");
+                        }
+                    }
+                    Err(_) => routes_open = false,
+                },
                 drain = drain_rx.recv(), if drain_open => match drain {
                     Some(drain) => {
                         info!(
@@ -258,6 +321,8 @@ impl<C: Connection> Registered<C> {
                         let grace = Duration::from_millis(drain.grace_ms.into());
                         let forced = slot.forced();
                         let slot_forced = slot.forced();
+                        let peer_timeout = settings.peer_timeout;
+                        let draining = live.draining();
                         slot.spawn(async move {
                             let until = async {
                                 tokio::select! {
@@ -265,12 +330,15 @@ impl<C: Connection> Registered<C> {
                                     () = forced => {}
                                 }
                             };
-                            if drain_streams(&conn, &mut streams, until).await {
+                            let idle = drain_streams(&conn, &mut streams, until, peer_timeout);
+                            if idle.await {
                                 await_edge_close(&conn, slot_forced).await;
                             }
                             control_task.abort();
                             close(&conn, CloseCode::Drained, "drained");
                             streams.cut().await;
+                            drop(draining);
+                            live.gone();
                             debug!("drained connection closed");
                         });
                         return SessionEnd::Drained {
@@ -289,21 +357,33 @@ impl<C: Connection> Registered<C> {
                     // close.
                     let _ = commands.try_send(ControlMessage::Drain(notice));
                     // The grace is the connector's: its shutdown forces the slot when over.
-                    if drain_streams(&conn, &mut streams, slot.forced()).await {
+                    let peer_timeout = settings.peer_timeout;
+                    let idle = drain_streams(&conn, &mut streams, slot.forced(), peer_timeout);
+                    if idle.await {
                         await_edge_close(&conn, slot.forced()).await;
                     }
                     control_task.abort();
                     close(&conn, CloseCode::Shutdown, "connector shutting down");
                     streams.cut().await;
+                    live.gone();
                     return SessionEnd::Stopped;
                 }
             }
         };
         control_task.abort();
-        // The connection is gone: its streams are failing on their own. Wait for them in the
-        // background, so that the slot reconnects at once.
+        let open = streams.open();
+        if open > 0 {
+            info!(
+                open_streams = open,
+                "the connection is gone; closing its streams and their origin sockets"
+            );
+        }
+        // The connection is gone: its streams fail at once (their origin sockets are reset);
+        // what does not end on its own is cut. In the background, so that the slot
+        // reconnects at once.
         slot.spawn(async move {
-            streams.cut().await;
+            streams.lost().await;
+            live.gone();
         });
         SessionEnd::Lost {
             reason,
@@ -312,15 +392,104 @@ impl<C: Connection> Registered<C> {
     }
 }
 
+/// A registered connection as the metrics see it: its QUIC statistics are sampled while it
+/// lives.
+struct LiveConnection {
+    metrics: Arc<ConnectorMetrics>,
+    connection_id: u64,
+    edge: String,
+}
+
+/// Counts a connection the edge drained as `draining` while it finishes its streams.
+struct Draining {
+    metrics: Arc<ConnectorMetrics>,
+    edge: String,
+}
+
+impl LiveConnection {
+    fn new<C: Connection>(
+        conn: &C,
+        connection_id: u64,
+        index: u8,
+        metrics: &Arc<ConnectorMetrics>,
+    ) -> Self {
+        let addr = conn.remote_address();
+        let source = conn.clone();
+        metrics.connection_live(connection_id, index, addr, Box::new(move || source.stats()));
+        LiveConnection {
+            metrics: metrics.clone(),
+            connection_id,
+            edge: addr.to_string(),
+        }
+    }
+
+    fn draining(&self) -> Draining {
+        self.metrics.draining(&self.edge, 1);
+        Draining {
+            metrics: self.metrics.clone(),
+            edge: self.edge.clone(),
+        }
+    }
+
+    /// The connection is closed: stop sampling it (what dropping does; named for the
+    /// reader).
+    fn gone(self) {}
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.metrics.connection_gone(self.connection_id);
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        self.metrics.draining(&self.edge, -1);
+    }
+}
+
+/// Resolves once the peer has been silent for `timeout` (never when detection is off).
+async fn silence<C: Connection>(conn: C, timeout: Option<Duration>) -> Duration {
+    match timeout {
+        Some(timeout) => peer_silent(&conn, timeout).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a connection error says the edge closed the connection because it drained it or
+/// shuts down (`CloseCode::Drained`, `CloseCode::Shutdown`): then the slot redials after a
+/// short delay, not a backoff. The transport reports the peer's close as text ending in
+/// `(code N)`, or as the bare code.
+fn closed_as_drained(reason: &str) -> bool {
+    let Some(close) = reason.split("closed by peer: ").nth(1) else {
+        return false;
+    };
+    let close = close.trim();
+    let code = close
+        .strip_suffix(')')
+        .and_then(|rest| rest.rsplit("(code ").next())
+        .unwrap_or(close);
+    matches!(
+        code.trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(CloseCode::from_code),
+        Some(CloseCode::Drained | CloseCode::Shutdown)
+    )
+}
+
 /// Keep serving the streams the edge still opens until every stream has ended, `until`
-/// resolves, or the connection closes. Returns whether every stream ended (the connection is
-/// still up and idle).
+/// resolves, the connection closes or the edge falls silent. Returns whether every stream
+/// ended (the connection is still up and idle).
 async fn drain_streams<C: Connection>(
     conn: &C,
     streams: &mut Streams,
     until: impl Future<Output = ()>,
+    peer_timeout: Option<Duration>,
 ) -> bool {
     tokio::pin!(until);
+    let silent = silence(conn.clone(), peer_timeout);
+    tokio::pin!(silent);
     loop {
         tokio::select! {
             () = streams.idle() => {
@@ -329,6 +498,14 @@ async fn drain_streams<C: Connection>(
             }
             () = &mut until => {
                 info!(open_streams = streams.open(), "drain grace period over; closing");
+                return false;
+            }
+            silent_for = &mut silent => {
+                warn!(
+                    silent_ms = silent_for.as_millis() as u64,
+                    open_streams = streams.open(),
+                    "the edge fell silent while draining; closing"
+                );
                 return false;
             }
             incoming = accept_stream(conn) => match incoming {
@@ -369,6 +546,7 @@ fn message_name(message: &ControlMessage) -> &'static str {
         ControlMessage::ServicePolicy(_) => "ServicePolicy",
         ControlMessage::ServicePolicyCa(_) => "ServicePolicyCa",
         ControlMessage::ServiceRemoved(_) => "ServiceRemoved",
+        ControlMessage::Routes(_) => "Routes",
     }
 }
 

@@ -17,15 +17,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, info_span, warn, Instrument, Span};
 use underpass_proto::authority::parse_authority;
-use underpass_proto::{ConnectorId, Host, RefuseReason};
+use underpass_proto::{AnnouncedRoute, ConnectorId, Host, RefuseReason};
+use underpass_rt::admin::{AdminHandler, AdminServer};
 use underpass_rt::Shutdown;
 use underpass_transport::quic::{QuicDialer, ALPN};
 use underpass_transport::tls::{self, EdgeVerification, TlsError};
@@ -33,6 +34,8 @@ use underpass_transport::{AnyDialer, Dialer as _, TransportError};
 
 use crate::backoff::Backoff;
 use crate::config::ConnectorConfig;
+use crate::metrics::{ConnectorMetrics, Registration};
+use crate::reload::{self, ReloadError, ReloadReport};
 use crate::resolve::SystemDnsError;
 use crate::session::{self, SessionEnd, SessionSettings};
 use crate::streams::StreamContext;
@@ -43,6 +46,12 @@ use crate::streams::StreamContext;
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a stopping slot waits for its close frames to leave.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// After the edge drained a connection that had been up for a while (the edge restarts), the
+/// slot redials after a random delay up to this: soon, but not all connectors at once.
+const DRAINED_REDIAL: Duration = Duration::from_millis(500);
+/// A connection drained sooner than this after it registered is treated as a failure (the
+/// slot backs off).
+const DRAINED_AT_ONCE: Duration = Duration::from_secs(1);
 
 /// The state of one connection slot, as the supervisor last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +98,16 @@ pub enum ConnectorError {
     /// A connection supervisor panicked.
     #[error("a connection supervisor failed: {0}")]
     Supervisor(String),
+    /// The admin listener could not be bound.
+    #[error(
+        "cannot listen on the admin address {addr} (`admin.listen`, --admin-listen): {source}"
+    )]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A [`ConnectorHandle::wait_for`] that did not see what it waited for.
@@ -116,6 +135,26 @@ pub struct Connector {
     streams: Arc<StreamContext>,
     states: watch::Sender<Vec<ConnectionState>>,
     shutdown: Shutdown,
+    metrics: Arc<ConnectorMetrics>,
+    reloader: Arc<Reloader>,
+    /// The admin listener, once bound; it answers until the connector has stopped.
+    admin: Option<AdminServer>,
+}
+
+/// Applies a new configuration to a running connector (SIGHUP).
+struct Reloader {
+    streams: Arc<StreamContext>,
+    routes: watch::Sender<Vec<AnnouncedRoute>>,
+    /// The configuration in use.
+    current: Mutex<ConnectorConfig>,
+}
+
+/// What the admin endpoints read.
+struct ConnectorAdmin {
+    states: watch::Receiver<Vec<ConnectionState>>,
+    connector_id: ConnectorId,
+    shutdown: Shutdown,
+    metrics: Arc<ConnectorMetrics>,
 }
 
 /// A running connector started with [`Connector::start`]. Dropping it shuts the connector
@@ -125,6 +164,8 @@ pub struct ConnectorHandle {
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<Result<(), ConnectorError>>,
     connector_id: ConnectorId,
+    reloader: Arc<Reloader>,
+    admin_addr: Option<SocketAddr>,
 }
 
 /// Run a connector with `config` until `shutdown` resolves, then drain and close.
@@ -159,18 +200,56 @@ impl Connector {
         rand::thread_rng().fill_bytes(&mut id);
         let connector_id = ConnectorId(id);
         let shutdown = Shutdown::new();
-        let streams = Arc::new(StreamContext::new(&config, shutdown.child())?);
         let slots = usize::from(config.connections);
+        let metrics = Arc::new(ConnectorMetrics::new(slots));
+        let streams = Arc::new(StreamContext::new(
+            &config,
+            shutdown.child(),
+            metrics.clone(),
+        )?);
         let (states, _) = watch::channel(vec![ConnectionState::Connecting; slots]);
+        let (routes, routes_rx) = watch::channel(config.announced_routes());
+        let reloader = Arc::new(Reloader {
+            streams: streams.clone(),
+            routes,
+            current: Mutex::new(config.clone()),
+        });
         Ok(Connector {
-            session: Arc::new(SessionSettings::new(&config, connector_id)),
+            session: Arc::new(SessionSettings::new(&config, connector_id, routes_rx)),
             config: Arc::new(config),
             tls: Arc::new(tls),
             connector_id,
             streams,
             states,
             shutdown,
+            metrics,
+            reloader,
+            admin: None,
         })
+    }
+
+    /// Bind the admin listener (`/healthz`, `/ready`, `/metrics`) if the configuration has
+    /// one (`admin.listen`); returns its address. It answers until the connector has stopped,
+    /// draining included (`/ready` then says 503).
+    pub async fn bind_admin(&mut self) -> Result<Option<SocketAddr>, ConnectorError> {
+        let Some(addr) = self.config.admin_listen else {
+            return Ok(None);
+        };
+        if let Some(admin) = &self.admin {
+            return Ok(Some(admin.local_addr()));
+        }
+        let handler = Arc::new(ConnectorAdmin {
+            states: self.states.subscribe(),
+            connector_id: self.connector_id,
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let admin = AdminServer::bind(addr, handler)
+            .await
+            .map_err(|source| ConnectorError::Admin { addr, source })?;
+        let local = admin.local_addr();
+        self.admin = Some(admin);
+        Ok(Some(local))
     }
 
     /// This instance's random id (sent at registration).
@@ -183,21 +262,30 @@ impl Connector {
         self.states.subscribe()
     }
 
-    /// Build a connector and run it on a task of the current runtime.
+    /// Build a connector and run it on a task of the current runtime (without the admin
+    /// listener: see [`Connector::bind_admin`] and [`Connector::spawn`]).
     pub fn start(config: ConnectorConfig) -> Result<ConnectorHandle, ConnectorError> {
-        let connector = Connector::new(config)?;
-        let states = connector.subscribe();
-        let connector_id = connector.connector_id();
-        let shutdown = connector.shutdown.clone();
+        Ok(Connector::new(config)?.spawn())
+    }
+
+    /// Run the connector on a task of the current runtime.
+    pub fn spawn(self) -> ConnectorHandle {
+        let states = self.subscribe();
+        let connector_id = self.connector_id();
+        let shutdown = self.shutdown.clone();
+        let reloader = self.reloader.clone();
+        let admin_addr = self.admin.as_ref().map(AdminServer::local_addr);
         // The root task: everything else runs under its `Shutdown`, and the handle waits for
         // this task, so nothing the connector started outlives `ConnectorHandle::shutdown`.
-        let task = tokio::spawn(connector.run(std::future::pending()));
-        Ok(ConnectorHandle {
+        let task = tokio::spawn(self.run(std::future::pending()));
+        ConnectorHandle {
             states,
             shutdown,
             task,
             connector_id,
-        })
+            reloader,
+            admin_addr,
+        }
     }
 
     /// Keep every connection slot connected until `shutdown` resolves (or the connector's
@@ -217,6 +305,7 @@ impl Connector {
                 session: self.session.clone(),
                 streams: self.streams.clone(),
                 states: self.states.clone(),
+                metrics: self.metrics.clone(),
                 shutdown: self.shutdown.child(),
             };
             let span = info_span!("slot", index);
@@ -231,8 +320,14 @@ impl Connector {
         );
         let mut failure = None;
         tokio::select! {
-            () = shutdown => info!("shutting down"),
-            () = self.shutdown.stopping() => info!("shutting down"),
+            () = shutdown => info!(
+                drain_ms = config.timeouts.drain.as_millis() as u64,
+                "shutting down: draining every connection"
+            ),
+            () = self.shutdown.stopping() => info!(
+                drain_ms = config.timeouts.drain.as_millis() as u64,
+                "shutting down: draining every connection"
+            ),
             joined = supervisors.join_next() => {
                 // Supervisors only return when told to stop, so this one panicked.
                 let message = match joined {
@@ -258,6 +353,8 @@ impl Connector {
             abandoned = report.abandoned,
             "connector stopped"
         );
+        // The admin listener answered through the drain; it goes last.
+        drop(self.admin);
         failure.map_or(Ok(()), Err)
     }
 }
@@ -334,10 +431,78 @@ impl ConnectorHandle {
     /// connections, and return once every task of the connector has ended.
     pub async fn shutdown(mut self) -> Result<(), ConnectorError> {
         self.shutdown.stop();
+        self.wait().await
+    }
+
+    /// Begin stopping (every connection sends `Drain`) without waiting; see
+    /// [`ConnectorHandle::wait`].
+    pub fn stop(&self) {
+        self.shutdown.stop();
+    }
+
+    /// Whether stopping has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_stopping()
+    }
+
+    /// Wait until the connector has stopped (after [`ConnectorHandle::stop`], or a failure).
+    /// Cancel-safe; do not call again once it returned.
+    pub async fn wait(&mut self) -> Result<(), ConnectorError> {
         match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(ConnectorError::Supervisor(e.to_string())),
         }
+    }
+
+    /// The admin listener's address, if [`Connector::bind_admin`] bound one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Apply a new configuration (what SIGHUP does): the routes, deny list, `[dns]`,
+    /// `[limits]` and `timeouts.connect_ms` / `timeouts.header_ms` are used by every new
+    /// stream from now on; streams already open keep theirs, no connection is dropped, and
+    /// changed routes are announced to the edge on every connection. Other keys need a
+    /// restart: the report lists those that changed. On error nothing changes.
+    pub fn reload(&self, config: ConnectorConfig) -> Result<ReloadReport, ReloadError> {
+        self.reloader.apply(config)
+    }
+}
+
+impl Reloader {
+    fn apply(&self, config: ConnectorConfig) -> Result<ReloadReport, ReloadError> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let report = reload::compare(&current, &config);
+        self.streams.reload(&config).map_err(ReloadError::Dns)?;
+        if report.routes_changed {
+            // Every connection announces them on its control stream.
+            self.routes.send_replace(config.announced_routes());
+        }
+        *current = reload::carry_over(&current, config);
+        Ok(report)
+    }
+}
+
+impl AdminHandler for ConnectorAdmin {
+    fn ready(&self) -> (bool, serde_json::Value) {
+        let draining = self.shutdown.is_stopping();
+        let registered = self
+            .states
+            .borrow()
+            .iter()
+            .filter(|s| is_registered(s))
+            .count();
+        let ready = registered > 0 && !draining;
+        let body = serde_json::json!({
+            "ready_connections": registered,
+            "connector_id": hex::encode(self.connector_id.0),
+            "draining": draining,
+        });
+        (ready, body)
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render(self.shutdown.is_stopping())
     }
 }
 
@@ -360,6 +525,7 @@ struct Slot {
     session: Arc<SessionSettings>,
     streams: Arc<StreamContext>,
     states: watch::Sender<Vec<ConnectionState>>,
+    metrics: Arc<ConnectorMetrics>,
     /// The slot's own tasks (control loops, drained connections, streams), stopped and
     /// forced with the connector's.
     shutdown: Shutdown,
@@ -371,14 +537,15 @@ impl Slot {
         let edges = &self.config.edge.addresses;
         let mut backoff = Backoff::new(self.config.reconnect);
         let mut dialers = Dialers::default();
-        // Slots start on different edges so that several connections spread out.
+        // Slot i starts on edge address i mod n and, past the first n slots, on the next
+        // address each edge name resolves to: several connections spread over every edge.
         let mut cursor = usize::from(self.index);
         while !self.shutdown.is_stopping() {
-            self.set_state(ConnectionState::Connecting);
             // Failures advance the cursor: through the edges, then through each edge's
             // addresses. `Connector::new` refused an empty list.
             let edge = &edges[cursor % edges.len()];
             let pick = cursor / edges.len();
+            self.set_state(ConnectionState::Connecting, edge);
             let span = info_span!(
                 "connection",
                 edge = %edge,
@@ -392,44 +559,59 @@ impl Slot {
             let delay = match end {
                 SessionEnd::Stopped => break,
                 SessionEnd::Failed(error) => {
-                    warn!(edge = %edge, %error, "connection attempt failed; will retry");
-                    self.set_state(ConnectionState::Failed { error });
+                    self.metrics.registration(Registration::Failed);
+                    let delay = backoff.next_delay(Duration::ZERO);
+                    warn!(
+                        edge = %edge,
+                        %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "cannot connect to the edge; will retry"
+                    );
+                    self.set_state(ConnectionState::Failed { error }, edge);
                     cursor += 1;
-                    backoff.next_delay(Duration::ZERO)
+                    delay
                 }
                 SessionEnd::Refused(refused) => {
+                    self.metrics.registration(Registration::Refused);
+                    let delay =
+                        backoff.next_delay(Duration::from_millis(refused.retry_after_ms.into()));
                     warn!(
                         edge = %edge,
                         reason = ?refused.reason,
                         message = %refused.message,
-                        retry_after_ms = refused.retry_after_ms,
+                        hint = refusal_hint(refused.reason),
+                        retry_in_ms = delay.as_millis() as u64,
                         "registration refused by the edge; will retry"
                     );
-                    self.set_state(ConnectionState::Refused {
-                        reason: refused.reason,
-                        message: refused.message,
-                    });
+                    self.set_state(
+                        ConnectionState::Refused {
+                            reason: refused.reason,
+                            message: refused.message,
+                        },
+                        edge,
+                    );
                     cursor += 1;
-                    backoff.next_delay(Duration::from_millis(refused.retry_after_ms.into()))
+                    delay
                 }
                 SessionEnd::Lost { reason, uptime } => {
+                    self.set_state(ConnectionState::Connecting, edge);
+                    if uptime >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay(Duration::ZERO);
                     warn!(
                         edge = %edge,
                         %reason,
                         uptime_ms = uptime.as_millis() as u64,
+                        retry_in_ms = delay.as_millis() as u64,
                         "connection lost; reconnecting"
                     );
-                    if uptime >= STABLE_AFTER {
-                        backoff.reset();
-                    }
-                    backoff.next_delay(Duration::ZERO)
+                    delay
                 }
-                SessionEnd::Drained { uptime } if uptime >= STABLE_AFTER => {
-                    backoff.reset();
-                    Duration::ZERO
+                SessionEnd::Drained { uptime } => {
+                    self.set_state(ConnectionState::Connecting, edge);
+                    drained_delay(uptime, &mut backoff)
                 }
-                // An edge that drains every connection at once must not cause a tight loop.
-                SessionEnd::Drained { .. } => backoff.next_delay(Duration::ZERO),
             };
             if !delay.is_zero() {
                 info!(
@@ -442,7 +624,7 @@ impl Slot {
                 }
             }
         }
-        self.set_state(ConnectionState::Stopped);
+        self.set_state(ConnectionState::Stopped, "");
         // Drained connections and streams of lost ones finish (or are cut when the grace is
         // over) before their endpoint goes.
         self.shutdown.idle().await;
@@ -456,7 +638,11 @@ impl Slot {
             addr = tokio::time::timeout(timeout, resolve_edge(edge, pick)) => match addr {
                 Ok(Ok(addr)) => addr,
                 Ok(Err(error)) => return SessionEnd::Failed(error),
-                Err(_) => return SessionEnd::Failed(format!("cannot resolve {edge}: timed out")),
+                Err(_) => return SessionEnd::Failed(format!(
+                    "cannot resolve the edge address {edge}: no answer within {} ms; check \
+                     this host's DNS, or set `edge.addresses`",
+                    timeout.as_millis()
+                )),
             },
             () = self.shutdown.stopping() => return SessionEnd::Stopped,
         };
@@ -471,10 +657,15 @@ impl Slot {
         let conn = tokio::select! {
             conn = tokio::time::timeout(timeout, dialer.connect(addr, server_name)) => match conn {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(error)) => return SessionEnd::Failed(error.to_string()),
-                Err(_) => return SessionEnd::Failed(format!(
-                    "no QUIC handshake with {addr} within {} ms", timeout.as_millis()
-                )),
+                Ok(Err(error)) => {
+                    return SessionEnd::Failed(handshake_failure(
+                        &error,
+                        addr,
+                        &self.config.edge.verification,
+                        server_name,
+                    ))
+                }
+                Err(_) => return SessionEnd::Failed(unreachable(addr, timeout)),
             },
             () = self.shutdown.stopping() => return SessionEnd::Stopped,
         };
@@ -483,18 +674,24 @@ impl Slot {
                 Ok(registered) => registered,
                 Err(end) => return end,
             };
+        self.metrics.registration(Registration::Accepted);
         let accepted = registered.accepted();
-        self.set_state(ConnectionState::Registered {
-            connection_id: accepted.connection_id,
-            edge_name: accepted.edge_name.clone(),
-        });
+        self.set_state(
+            ConnectionState::Registered {
+                connection_id: accepted.connection_id,
+                edge_name: accepted.edge_name.clone(),
+            },
+            edge,
+        );
         registered
             .serve(self.streams.clone(), &self.session, &self.shutdown)
             .await
     }
 
-    fn set_state(&self, state: ConnectionState) {
+    fn set_state(&self, state: ConnectionState, edge: &str) {
         let index = usize::from(self.index);
+        self.metrics
+            .slot_state(self.index, state_label(&state), edge);
         self.states.send_modify(|states| {
             if let Some(slot) = states.get_mut(index) {
                 *slot = state;
@@ -503,19 +700,162 @@ impl Slot {
     }
 }
 
-/// Resolve `host:port` and take its `pick`-th address (modulo their number).
+/// How long to wait before redialing after the edge drained a connection that was up for
+/// `uptime`: the edge restarts or moves its connections, so the slot comes back soon,
+/// jittered (up to [`DRAINED_REDIAL`]) so that a fleet does not reconnect in lockstep. A
+/// connection drained within [`DRAINED_AT_ONCE`] of registering keeps backing off instead,
+/// so an edge that drains everything at once causes no tight loop.
+fn drained_delay(uptime: Duration, backoff: &mut Backoff) -> Duration {
+    if uptime < DRAINED_AT_ONCE {
+        return backoff.next_delay(Duration::ZERO);
+    }
+    if uptime >= STABLE_AFTER {
+        backoff.reset();
+    }
+    rand::thread_rng().gen_range(Duration::ZERO..=DRAINED_REDIAL)
+}
+
+/// The `state` label of the connections gauge.
+fn state_label(state: &ConnectionState) -> &'static str {
+    match state {
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Registered { .. } => "registered",
+        ConnectionState::Refused { .. } => "refused",
+        ConnectionState::Failed { .. } => "failed",
+        ConnectionState::Stopped => "stopped",
+    }
+}
+
+/// What an operator can do about a refusal.
+fn refusal_hint(reason: RefuseReason) -> &'static str {
+    match reason {
+        RefuseReason::UnknownTunnel => {
+            "the edge has no such tunnel (deleted?): get a token for an existing tunnel from \
+             the edge (`underpass-edge tunnel token NAME`)"
+        }
+        RefuseReason::BadProof => {
+            "the tunnel's secret changed (rotated?): get the new token from the edge \
+             (`underpass-edge tunnel token NAME`) and restart the connector with it"
+        }
+        RefuseReason::UnsupportedVersion => {
+            "the edge speaks another protocol version: upgrade the connector or the edge"
+        }
+        RefuseReason::TooManyConnections => {
+            "the tunnel has as many connections as the edge allows: lower `connections` or \
+             run fewer replicas"
+        }
+        RefuseReason::Draining => "the edge is shutting down; retrying",
+        RefuseReason::Malformed => "the edge could not read the registration: a version mismatch?",
+    }
+}
+
+/// The message for an edge that did not answer the handshake in time.
+fn unreachable(addr: SocketAddr, timeout: Duration) -> String {
+    format!(
+        "no answer from the edge at {addr} (UDP port {port}) within {ms} ms: check that the \
+         edge is running and listening there, and that firewalls allow outbound UDP to {ip} \
+         port {port}",
+        port = addr.port(),
+        ip = addr.ip(),
+        ms = timeout.as_millis()
+    )
+}
+
+/// A readable message, saying what to do, for a failed QUIC handshake with the edge.
+fn handshake_failure(
+    error: &TransportError,
+    addr: SocketAddr,
+    verification: &EdgeVerification,
+    server_name: &str,
+) -> String {
+    let text = error.to_string();
+    let Some((_, detail)) = text.split_once("invalid peer certificate: ") else {
+        if text.contains("timed out") {
+            return unreachable_after_idle(addr, &text);
+        }
+        if text.contains("no application protocol") {
+            return format!(
+                "the edge at {addr} does not speak this connector's protocol (ALPN): upgrade \
+                 the connector or the edge ({text})"
+            );
+        }
+        return format!("QUIC handshake with the edge at {addr} failed: {text}");
+    };
+    let detail = certificate_detail(detail);
+    match verification {
+        EdgeVerification::Pin(_) if detail.contains("pinned CA") => format!(
+            "the edge at {addr} presented a certificate that does not match the CA pin in the \
+             tunnel token (its CA changed, or this is not the tunnel's edge): get a new token \
+             from the edge (`underpass-edge tunnel token NAME`) and restart the connector with \
+             it ({detail})"
+        ),
+        _ if detail.contains("NotValidForName") || detail.contains("not valid for name") => {
+            format!(
+                "the edge at {addr} presented a certificate that is not valid for the name \
+                 {server_name:?}: check `edge.server_name`, or get a new token from the edge \
+                 ({detail})"
+            )
+        }
+        EdgeVerification::Pin(_) => format!(
+            "the edge at {addr} presented a certificate the tunnel token's CA pin does not \
+             accept: get a new token from the edge (`underpass-edge tunnel token NAME`) \
+             ({detail})"
+        ),
+        EdgeVerification::CaPem(_) => format!(
+            "the edge at {addr} presented a certificate `edge.ca_file` does not verify: \
+             update the CA file, or remove it to use the token's pin ({detail})"
+        ),
+        _ => format!("the edge at {addr} presented a certificate that was rejected ({detail})"),
+    }
+}
+
+/// rustls's certificate error without its enum wrappers (`Other(OtherError(...))`).
+fn certificate_detail(detail: &str) -> String {
+    let mut detail = detail.trim();
+    for wrapper in ["Other(", "OtherError("] {
+        if let Some(inner) = detail
+            .strip_prefix(wrapper)
+            .and_then(|d| d.strip_suffix(')'))
+        {
+            detail = inner.trim();
+        }
+    }
+    detail.to_owned()
+}
+
+fn unreachable_after_idle(addr: SocketAddr, text: &str) -> String {
+    format!(
+        "no answer from the edge at {addr} (UDP port {port}): check that the edge is running \
+         and listening there, and that firewalls allow outbound UDP to {ip} port {port} \
+         ({text})",
+        port = addr.port(),
+        ip = addr.ip()
+    )
+}
+
+/// Resolve `host:port` and take its `pick`-th address (modulo their number), in a stable
+/// order so that slots spread over every address.
 async fn resolve_edge(edge: &str, pick: usize) -> Result<SocketAddr, String> {
     let (host, port) = parse_authority(edge)
         .map_err(|e| format!("edge address {edge:?} is not host:port: {e}"))?;
-    let addrs: Vec<SocketAddr> = match host {
+    let mut addrs: Vec<SocketAddr> = match host {
         Host::Ip(ip) => vec![SocketAddr::new(ip, port)],
         Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
             .await
-            .map_err(|e| format!("cannot resolve edge address {edge}: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "cannot resolve the edge address {edge}: {e}; check the name and this \
+                     host's DNS, or set `edge.addresses`"
+                )
+            })?
             .collect(),
     };
+    addrs.sort();
+    addrs.dedup();
     if addrs.is_empty() {
-        return Err(format!("edge address {edge} resolved to nothing"));
+        return Err(format!(
+            "the edge address {edge} resolved to no address; check its DNS records"
+        ));
     }
     Ok(addrs[pick % addrs.len()])
 }

@@ -19,7 +19,7 @@ use underpass_connector::{ConnectionState, Connector, ConnectorConfig, Connector
 use underpass_mux::{open_tcp, OpenError};
 use underpass_proto::{
     CloseCode, ControlMessage, DialTarget, Drain, Heartbeat, Host, Origin, ProxyStatus,
-    RefuseReason, RegisterRefused, ServiceId, ServicePolicyCa, ServiceRef, TcpConnect,
+    RefuseReason, RegisterRefused, RequestId, ServiceId, ServicePolicyCa, ServiceRef, TcpConnect,
     TunnelSecret,
 };
 use underpass_transport::tls::DevPki;
@@ -31,12 +31,14 @@ use support::{guarded, read_to_end, GUARD};
 fn connect_to(addr: SocketAddr) -> TcpConnect {
     TcpConnect {
         origin: Origin::Dial(DialTarget::from(addr)),
+        request_id: RequestId(7),
     }
 }
 
 fn connect_service(service: ServiceRef) -> TcpConnect {
     TcpConnect {
         origin: Origin::Service(service),
+        request_id: RequestId(7),
     }
 }
 
@@ -133,6 +135,7 @@ async fn stream_errors_carry_their_proxy_status() {
             (
                 TcpConnect {
                     origin: Origin::Dial(DialTarget::new(Host::Name("nowhere.test".into()), 80)),
+                    request_id: RequestId(7),
                 },
                 ProxyStatus::DestinationNotFound,
             ),
@@ -255,6 +258,10 @@ async fn a_connector_pinned_to_another_ca_refuses_the_edge() {
             unreachable!()
         };
         assert!(error.contains("pinned CA"), "{error}");
+        // It says what to do, without rustls's enum wrappers.
+        assert!(error.contains("get a new token from the edge"), "{error}");
+        assert!(!error.contains("OtherError"), "{error}");
+        println!("{error}");
         handle.shutdown().await?;
         Ok(())
     })

@@ -49,6 +49,7 @@ fn full_config_parses() {
     let text = with_token(
         r#"
 connections = 2
+log_format = "json"
 deny = ["169.254.0.0/16", "127.66.0.1"]
 
 [[route]]
@@ -73,7 +74,8 @@ drain_ms = 0
 origin_idle_ms = 4000
 
 [quic]
-keep_alive_ms = 5000
+keep_alive_ms = 500
+peer_timeout_ms = 2000
 idle_timeout_ms = 40000
 stream_receive_window = 1048576
 connection_receive_window = 4194304
@@ -91,6 +93,9 @@ max_ms = 100
 
 [runtime]
 worker_threads = 1
+
+[admin]
+listen = "127.0.0.1:20241"
 "#,
     );
     let config = parse(&text).expect("valid config");
@@ -122,7 +127,7 @@ worker_threads = 1
     assert_eq!(config.timeouts.register, Duration::from_secs(3));
     assert_eq!(config.timeouts.drain, Duration::ZERO);
     assert_eq!(config.timeouts.origin_idle, Duration::from_secs(4));
-    assert_eq!(config.quic.keep_alive, Duration::from_secs(5));
+    assert_eq!(config.quic.keep_alive, Duration::from_millis(500));
     assert_eq!(config.quic.idle_timeout, Duration::from_secs(40));
     assert_eq!(config.quic.stream_receive_window, 1 << 20);
     assert_eq!(config.quic.connection_receive_window, 4 << 20);
@@ -135,12 +140,20 @@ worker_threads = 1
     assert_eq!(config.reconnect.initial, Duration::from_millis(10));
     assert_eq!(config.reconnect.max, Duration::from_millis(100));
     assert_eq!(config.worker_threads, 1);
+    assert_eq!(config.quic.peer_timeout, Duration::from_millis(2000));
+    assert_eq!(
+        config.admin_listen,
+        Some("127.0.0.1:20241".parse().expect("addr"))
+    );
+    assert_eq!(config.log_format, underpass_rt::LogFormat::Json);
 }
 
 #[test]
 fn defaults_apply() {
     let config = parse(&with_token("")).expect("token alone is a valid config");
-    assert_eq!(config.connections, 1);
+    assert_eq!(config.connections, 4);
+    assert_eq!(config.admin_listen, None);
+    assert_eq!(config.log_format, underpass_rt::LogFormat::Text);
     assert!(config.routes.is_empty());
     assert_eq!(config.deny, underpass_connector::config::default_deny());
     assert!(
@@ -543,8 +556,22 @@ fn shipped_examples_parse() {
     )
     .expect("deploy/connector.example.toml is valid");
     assert_eq!(config.routes.len(), 4);
-    assert_eq!(config.connections, 2);
+    assert_eq!(config.connections, 4);
+    assert_eq!(
+        config.admin_listen,
+        Some("127.0.0.1:20241".parse().expect("addr"))
+    );
     let config = ConnectorConfig::load(Some(&root.join("examples/connector.toml")), &overrides)
         .expect("examples/connector.toml is valid");
     assert!(!config.routes.is_empty());
+}
+
+#[test]
+fn admin_listen_and_log_format_errors_name_the_key() {
+    error_naming(
+        parse(&with_token("[admin]\nlisten = \"localhost\"\n")),
+        "admin.listen",
+    );
+    error_naming(parse(&with_token("log_format = \"xml\"\n")), "log_format");
+    error_naming(parse(&with_token("[admin]\nlisten = 20241\n")), "listen");
 }

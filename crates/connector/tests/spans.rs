@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::fmt::MakeWriter;
 use underpass_connector::{ConnectionState, Connector};
 use underpass_mux::{open_tcp, OpenError};
-use underpass_proto::{DialTarget, Origin, TcpConnect};
+use underpass_proto::{DialTarget, Origin, RequestId, TcpConnect};
 use underpass_transport::Connection;
 
 use support::edge::TestEdge;
@@ -83,6 +83,7 @@ async fn each_line_names_one_edge_and_one_connection_id_across_reconnects() {
                 .await?;
             let connect = TcpConnect {
                 origin: Origin::Dial(DialTarget::from(closed)),
+                request_id: RequestId(7),
             };
             match open_tcp(&registration.conn, connect, GUARD).await {
                 Err(OpenError::Refused(_)) => {}

@@ -1,7 +1,8 @@
 //! The `underpass-edge` command line. `main.rs` calls [`main`].
 //!
-//! Only a `tunnel create` / `tunnel token` token goes to stdout (and the `tunnel list` table),
-//! so `TOKEN=$(underpass-edge tunnel create NAME)` works; hints and logs go to stderr.
+//! Only a `tunnel create` / `tunnel token` / `tunnel rotate-secret` token goes to stdout (and
+//! the `tunnel list` and `tunnel info` tables), so `TOKEN=$(underpass-edge tunnel create NAME)`
+//! works; hints and logs go to stderr.
 //!
 //! Exit status: 0 on success (`--help` and `--version` included), 64 (EX_USAGE) for a bad
 //! command line or configuration, 1 for anything else.
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use underpass_rt::{EX_FAILURE, EX_USAGE};
+use underpass_rt::{LogFormat, EX_FAILURE, EX_USAGE};
 
 use crate::config::EdgeConfig;
 use crate::start::{token_addresses, EdgeError};
@@ -25,6 +26,15 @@ pub struct Cli {
     /// The edge's config file (TOML).
     #[arg(long, short, global = true, env = "UNDERPASS_EDGE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Log format: `text` or `json` (one JSON object a line). Overrides the config's
+    /// `log_format`.
+    #[arg(
+        long,
+        global = true,
+        env = "UNDERPASS_LOG_FORMAT",
+        value_name = "text|json"
+    )]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -33,7 +43,8 @@ pub struct Cli {
 /// A subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the edge until SIGINT or SIGTERM.
+    /// Run the edge until SIGINT or SIGTERM (a second one exits at once); SIGHUP reloads the
+    /// config file's networks, services and bindings.
     Serve,
     /// Manage tunnels in the state directory.
     Tunnel {
@@ -60,6 +71,24 @@ pub enum TunnelCommand {
         /// The tunnel's name or id.
         name: String,
     },
+    /// Delete a tunnel; a running edge closes its connections within 2 s and refuses its
+    /// connectors from then on.
+    Delete {
+        /// The tunnel's name or id.
+        name: String,
+    },
+    /// Give a tunnel a new secret and print its new token on stdout; connectors on the old
+    /// token are disconnected and refused.
+    RotateSecret {
+        /// The tunnel's name or id.
+        name: String,
+    },
+    /// Show the connectors of a tunnel, as the running edge sees them (asks its `[admin]`
+    /// listener).
+    Info {
+        /// The tunnel's name or id.
+        name: String,
+    },
 }
 
 /// Parse the process's command line and run it; returns the process exit status. A bad
@@ -81,11 +110,6 @@ pub fn main() -> ExitCode {
 
 /// Run a parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
-    // A one-shot command only reports problems; its own output says what it did.
-    underpass_rt::init_tracing(match cli.command {
-        Command::Serve => "info",
-        _ => "warn",
-    });
     let Some(path) = cli.config.as_deref() else {
         eprintln!("error: --config FILE is required (or set UNDERPASS_EDGE_CONFIG)");
         return ExitCode::from(EX_USAGE);
@@ -97,8 +121,14 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // A one-shot command only reports problems; its own output says what it did.
+    let level = match cli.command {
+        Command::Serve => "info",
+        _ => "warn",
+    };
+    underpass_rt::init_tracing(level, cli.log_format.unwrap_or(config.log_format));
     let result = match cli.command {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, path),
         Command::CheckConfig => {
             eprintln!(
                 "{}: config is valid ({} network(s), {} service(s), {} binding(s))",
@@ -116,20 +146,20 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(error) => {
             eprintln!("error: {error}");
             match error {
-                EdgeError::Config(_) | EdgeError::NoPublicAddress(_) => ExitCode::from(EX_USAGE),
+                EdgeError::Config(_)
+                | EdgeError::NoPublicAddress(_)
+                | EdgeError::NoAdmin
+                | EdgeError::BadTunnelReference(_) => ExitCode::from(EX_USAGE),
                 _ => ExitCode::from(EX_FAILURE),
             }
         }
     }
 }
 
-fn serve(config: EdgeConfig) -> Result<(), EdgeError> {
+fn serve(config: EdgeConfig, path: &Path) -> Result<(), EdgeError> {
     let runtime =
         underpass_rt::runtime(config.runtime.worker_threads).map_err(EdgeError::Runtime)?;
-    runtime.block_on(crate::start::serve(
-        config,
-        underpass_rt::terminate_signal(),
-    ))
+    runtime.block_on(crate::start::serve_with_signals(config, path))
 }
 
 fn tunnel(command: TunnelCommand, config: &EdgeConfig, path: &Path) -> Result<(), EdgeError> {
@@ -174,12 +204,48 @@ fn tunnel(command: TunnelCommand, config: &EdgeConfig, path: &Path) -> Result<()
                     .encode()
             );
         }
+        TunnelCommand::Delete { name } => {
+            let tunnel = store.delete(&name)?;
+            eprintln!(
+                "deleted tunnel {} (id {}). A running edge closes its connections within {} s \
+                 and refuses its connectors; remove the [[network]] and [[service]] entries \
+                 naming it from {}.",
+                tunnel.name,
+                tunnel.id_hex(),
+                crate::tunnels::REFRESH_INTERVAL.as_secs(),
+                path.display()
+            );
+        }
+        TunnelCommand::RotateSecret { name } => {
+            // Everything the token needs is checked before the secret changes.
+            let edges = token_addresses(config, None)?;
+            let pki = Pki::load_or_generate(&config.state_dir, &config.server_name)?;
+            let tunnel = store.rotate_secret(&name)?;
+            println!(
+                "{}",
+                tunnel
+                    .token(edges, &config.server_name, pki.ca_pin)
+                    .encode()
+            );
+            eprintln!(
+                "rotated the secret of tunnel {} (id {}). A running edge disconnects the \
+                 connectors on the old token within {} s and refuses them from then on; run \
+                 them with the new token.",
+                tunnel.name,
+                tunnel.id_hex(),
+                crate::tunnels::REFRESH_INTERVAL.as_secs(),
+            );
+        }
+        TunnelCommand::Info { name } => {
+            let info = crate::admin::fetch_tunnel_info(config, &name)?;
+            print!("{}", crate::admin::render_tunnel_info(&info));
+        }
     }
     Ok(())
 }
 
 /// `YYYY-MM-DD HH:MM:SS` for seconds since the Unix epoch (UTC).
-fn utc_date(secs: u64) -> String {
+pub(crate) fn utc_date(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -231,5 +297,22 @@ mod tests {
                 command: TunnelCommand::Create { .. }
             }
         ));
+        let cli = Cli::try_parse_from([
+            "underpass-edge",
+            "--log-format",
+            "json",
+            "tunnel",
+            "rotate-secret",
+            "prod",
+        ])
+        .unwrap(); // valid command line
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        assert!(matches!(
+            cli.command,
+            Command::Tunnel {
+                command: TunnelCommand::RotateSecret { .. }
+            }
+        ));
+        assert!(Cli::try_parse_from(["underpass-edge", "--log-format", "xml", "serve"]).is_err());
     }
 }

@@ -17,13 +17,17 @@
 //!   `fetch()`, plain TCP bindings);
 //! - `start`: [`Edge::start`] wires everything and returns an [`EdgeHandle`]; [`serve`] runs an
 //!   edge until a shutdown future resolves;
+//! - `metrics` and [`admin`]: the Prometheus metrics and the admin listener (`/healthz`,
+//!   `/ready`, `/metrics`, `/v1/tunnels/{name}`);
 //! - [`cli`]: the `underpass-edge` command line.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 mod directory;
 mod front;
+mod metrics;
 mod model;
 mod policy;
 mod registry;
@@ -35,4 +39,6 @@ pub mod tunnels;
 pub use registry::{
     ConnectionInfo, NewConnection, Registry, RegistryError, MAX_CONNECTIONS_PER_TUNNEL,
 };
-pub use start::{serve, token_addresses, Edge, EdgeError, EdgeHandle};
+pub use start::{
+    serve, serve_with_signals, token_addresses, Edge, EdgeError, EdgeHandle, ReloadSummary,
+};

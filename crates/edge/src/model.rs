@@ -200,6 +200,19 @@ impl Service {
         }
     }
 
+    /// The port the connector dials: `tcp_port` for a TCP service; for an HTTP service the
+    /// port of the scheme it uses when a client asks for `requested` (see
+    /// [`Service::http_scheme`]).
+    pub(crate) fn port(&self, requested: Scheme) -> Option<u16> {
+        match self.ports {
+            ServicePorts::Tcp(port) => Some(port),
+            ServicePorts::Http { http, https } => match self.http_scheme(requested)? {
+                Scheme::Http => http,
+                Scheme::Https => https,
+            },
+        }
+    }
+
     /// The origin policy the connector dials this service with.
     pub(crate) fn policy(&self) -> OriginPolicy {
         let (http_port, https_port, tcp_port) = match self.ports {
@@ -315,6 +328,8 @@ pub(crate) mod tests {
         assert_eq!(only_http.http_scheme(Scheme::Https), Some(Scheme::Http));
         let only_https = http_service("a", None, Some(8443));
         assert_eq!(only_https.http_scheme(Scheme::Http), Some(Scheme::Https));
+        assert_eq!(only_https.port(Scheme::Http), Some(8443));
+        assert_eq!(both.port(Scheme::Https), Some(443));
         let policy = only_https.policy();
         assert_eq!(policy.http_target(Scheme::Https).port, 8443);
         assert_eq!(policy.tcp_target(), None);

@@ -1,9 +1,20 @@
 //! Live connector connections, per tunnel.
 //!
 //! A tunnel may have several connectors (replicas, up to 25) each holding several connections
-//! (HA). Every registered connection is an entry; [`Registry::pick`] spreads new streams over
-//! the entries that are not draining, round-robin. The registry is generic over the connection
+//! (HA). Every registered connection is an entry; the registry is generic over the connection
 //! type (the edge uses [`AnyConnection`](underpass_transport::AnyConnection)).
+//!
+//! # Placement
+//!
+//! [`Registry::pick`] chooses the connection for a new stream among the tunnel's entries that
+//! are not draining and whose connector **announced a route covering the destination** (the
+//! routes of its `Register`, replaced by every `Routes` update). Each entry keeps its announced
+//! routes parsed into a [`RouteTable`] with an empty deny list, so the edge decides as the
+//! connector's own route check would (most specific route, then its ports) — the deny list
+//! stays the connector's business. Among the matches the one with the **fewest outstanding
+//! streams** wins (its [`StreamTracker`] count); ties go round-robin. When nothing matches,
+//! [`Unmatched::Any`] falls back to every live connection and [`Unmatched::Refuse`] refuses,
+//! with a summary of what the connectors announce for the log.
 //!
 //! # Stream leases
 //!
@@ -18,15 +29,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use underpass_proto::{AnnouncedRoute, ConnectorId, TunnelId};
-use underpass_transport::{Connection, RecvStream, SendStream, StreamError};
+use underpass_proto::{AnnouncedRoute, ConnectorId, Host, TunnelId};
+use underpass_routes::{parse_route, PortSet, RouteSpec, RouteTable};
+use underpass_transport::{Connection, ConnectionStats, RecvStream, SendStream, StreamError};
+
+use crate::config::Unmatched;
 
 /// Most connections one tunnel may hold: 25 connector replicas × 4 connections each.
 pub const MAX_CONNECTIONS_PER_TUNNEL: usize = 100;
@@ -118,13 +132,111 @@ impl Drop for StreamLease {
     }
 }
 
+/// Where a new stream goes: the host and port its connector will dial (for a service binding,
+/// the service's host and port). Placement matches it against the announced routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Destination {
+    /// An IP address or a DNS name.
+    pub host: Host,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Host::Ip(std::net::IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Host::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
 /// A connection chosen for a new stream.
 #[derive(Debug)]
 pub(crate) struct Picked<C> {
     /// The edge's id for the connection.
     pub connection_id: u64,
+    /// Whether its connector announced a route covering the destination (`false`: picked by
+    /// the [`Unmatched::Any`] fallback).
+    pub matched: bool,
     /// The connection, counted as busy until it and every stream opened through it are gone.
     pub conn: Leased<C>,
+}
+
+/// Why [`Registry::pick`] found no connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NoPick {
+    /// The tunnel has no live, non-draining connection (besides the excluded ones).
+    NoConnection,
+    /// It has some, but no connector of theirs announced a route covering the destination.
+    NoRoute {
+        /// What the live connectors announce, for the log: `connector 1a2b3c4d: 10.0.0.0/8,
+        /// db.internal:5432; connector 5e6f7a8b: no routes`.
+        announced: String,
+    },
+}
+
+/// The routes one connection's connector announced, parsed for matching.
+struct Announced {
+    /// The routes, with an empty deny list.
+    table: RouteTable<()>,
+    /// A short text of them for logs.
+    summary: String,
+}
+
+/// At most this many routes per connector are written in a log summary.
+const SUMMARY_ROUTES: usize = 8;
+
+impl Announced {
+    /// Parse `routes`; returns the table and the routes that could not be parsed (with why),
+    /// which are left out: the connector would refuse those destinations anyway.
+    fn parse(routes: &[AnnouncedRoute]) -> (Self, Vec<String>) {
+        let mut table = RouteTable::new();
+        table.set_deny_list(Vec::new());
+        let mut rejected = Vec::new();
+        let mut texts = Vec::new();
+        for route in routes {
+            let ports = match PortSet::from_ranges(route.ports.clone()) {
+                Ok(ports) => ports,
+                Err(error) => {
+                    rejected.push(format!("{}: {error}", route.destination));
+                    continue;
+                }
+            };
+            match parse_route(&route.destination) {
+                Ok(RouteSpec::Cidr(net)) => table.insert_cidr(net, ports.clone(), ()),
+                Ok(RouteSpec::Host(pattern)) => table.insert_hostname(pattern, ports.clone(), ()),
+                Err(error) => {
+                    rejected.push(format!("{}: {error}", route.destination));
+                    continue;
+                }
+            }
+            if texts.len() < SUMMARY_ROUTES {
+                texts.push(if ports.is_any() {
+                    route.destination.clone()
+                } else {
+                    format!("{} ports {ports}", route.destination)
+                });
+            }
+        }
+        table.build_index();
+        let summary = match table.len() {
+            0 => "no routes".to_owned(),
+            n if n > texts.len() => format!("{} and {} more", texts.join(", "), n - texts.len()),
+            _ => texts.join(", "),
+        };
+        (Announced { table, summary }, rejected)
+    }
+
+    /// Whether the connector's route check would let `destination` through (deny list
+    /// aside).
+    fn covers(&self, destination: &Destination) -> bool {
+        match &destination.host {
+            Host::Ip(ip) => self.table.lookup_ip(*ip, destination.port).is_allowed(),
+            Host::Name(name) => self.table.lookup(name, destination.port).is_allowed(),
+        }
+    }
 }
 
 /// A picked connection: streams opened through it carry its lease in both halves, so the
@@ -177,6 +289,10 @@ impl<C: Connection> Connection for Leased<C> {
 
     fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
+    }
+
+    fn stats(&self) -> Option<ConnectionStats> {
+        self.conn.stats()
     }
 }
 
@@ -268,6 +384,8 @@ pub(crate) struct Registered<C> {
     pub superseded: Option<(u64, C)>,
     /// The new connection's stream counter.
     pub streams: StreamTracker,
+    /// Announced routes that could not be parsed (left out of placement), with why.
+    pub rejected_routes: Vec<String>,
 }
 
 /// Live connections per tunnel.
@@ -275,6 +393,8 @@ pub struct Registry<C> {
     inner: Mutex<HashMap<TunnelId, TunnelConnections<C>>>,
     next_id: AtomicU64,
     changes: watch::Sender<u64>,
+    /// `[routing] unmatched = "any"`: fall back to every live connection.
+    any_when_unmatched: AtomicBool,
 }
 
 struct TunnelConnections<C> {
@@ -287,6 +407,7 @@ struct Entry<C> {
     info: ConnectionInfo,
     conn: C,
     streams: StreamTracker,
+    routes: Announced,
 }
 
 impl<C: Clone> Default for Registry<C> {
@@ -302,6 +423,23 @@ impl<C: Clone> Registry<C> {
             inner: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             changes: watch::Sender::new(0),
+            any_when_unmatched: AtomicBool::new(false),
+        }
+    }
+
+    /// What [`crate::front`] does with a destination no connector announced a route for
+    /// (`[routing] unmatched`; [`Unmatched::Refuse`] until set).
+    pub fn set_unmatched(&self, unmatched: Unmatched) {
+        self.any_when_unmatched
+            .store(unmatched == Unmatched::Any, Ordering::Relaxed);
+    }
+
+    /// The current `[routing] unmatched`.
+    pub fn unmatched(&self) -> Unmatched {
+        if self.any_when_unmatched.load(Ordering::Relaxed) {
+            Unmatched::Any
+        } else {
+            Unmatched::Refuse
         }
     }
 
@@ -319,6 +457,7 @@ impl<C: Clone> Registry<C> {
         conn: C,
     ) -> Result<Registered<C>, RegistryError> {
         let streams = StreamTracker::new();
+        let (routes, rejected_routes) = Announced::parse(&registration.routes);
         let superseded = {
             let mut inner = self.lock();
             let tunnel = inner
@@ -349,6 +488,7 @@ impl<C: Clone> Registry<C> {
                 },
                 conn,
                 streams: streams.clone(),
+                routes,
             });
             superseded
         };
@@ -356,7 +496,39 @@ impl<C: Clone> Registry<C> {
         Ok(Registered {
             superseded,
             streams,
+            rejected_routes,
         })
+    }
+
+    /// Replace the routes a connection's connector announced (a `Routes` update). Returns the
+    /// routes that could not be parsed, or `None` if the connection is not registered.
+    pub(crate) fn update_routes(
+        &self,
+        connection_id: u64,
+        routes: Vec<AnnouncedRoute>,
+    ) -> Option<Vec<String>> {
+        let (parsed, rejected) = Announced::parse(&routes);
+        let found = {
+            let mut inner = self.lock();
+            let entry = inner
+                .values_mut()
+                .flat_map(|t| t.entries.iter_mut())
+                .find(|e| e.info.connection_id == connection_id);
+            match entry {
+                Some(entry) => {
+                    entry.info.registration.routes = routes;
+                    entry.routes = parsed;
+                    true
+                }
+                None => false,
+            }
+        };
+        if found {
+            self.notify();
+            Some(rejected)
+        } else {
+            None
+        }
     }
 
     /// Remove a connection (it closed). Returns its info if it was registered.
@@ -405,27 +577,47 @@ impl<C: Clone> Registry<C> {
         found
     }
 
-    /// Choose a live, non-draining connection of `tunnel` for a new stream, round-robin. The
-    /// lease it carries counts from now.
-    pub(crate) fn pick(&self, tunnel: &TunnelId) -> Option<Picked<C>> {
+    /// Choose the connection of `tunnel` for a new stream to `destination`: among the live,
+    /// non-draining ones not in `exclude` whose connector announced a route covering it (all
+    /// of them with [`Unmatched::Any`] when none does), the one with the fewest outstanding
+    /// streams, ties round-robin. The lease it carries counts from now.
+    pub(crate) fn pick(
+        &self,
+        tunnel: &TunnelId,
+        destination: &Destination,
+        exclude: &[u64],
+        unmatched: Unmatched,
+    ) -> Result<Picked<C>, NoPick> {
         let mut inner = self.lock();
-        let tunnel = inner.get_mut(tunnel)?;
-        let len = tunnel.entries.len();
-        for step in 0..len {
-            let i = (tunnel.cursor + step) % len;
-            let entry = &tunnel.entries[i];
-            if !entry.info.draining {
-                tunnel.cursor = (i + 1) % len;
-                return Some(Picked {
-                    connection_id: entry.info.connection_id,
-                    conn: Leased {
-                        conn: entry.conn.clone(),
-                        lease: Arc::new(entry.streams.lease()),
-                    },
+        let Some(tunnel) = inner.get_mut(tunnel) else {
+            return Err(NoPick::NoConnection);
+        };
+        let candidate = |e: &Entry<C>| !e.info.draining && !exclude.contains(&e.info.connection_id);
+        let mut matched = true;
+        let mut best = least_outstanding(tunnel, |e| candidate(e) && e.routes.covers(destination));
+        if best.is_none() {
+            if !tunnel.entries.iter().any(candidate) {
+                return Err(NoPick::NoConnection);
+            }
+            if unmatched == Unmatched::Refuse {
+                return Err(NoPick::NoRoute {
+                    announced: announced_summary(tunnel.entries.iter().filter(|e| candidate(e))),
                 });
             }
+            matched = false;
+            best = least_outstanding(tunnel, candidate);
         }
-        None
+        let i = best.ok_or(NoPick::NoConnection)?;
+        tunnel.cursor = (i + 1) % tunnel.entries.len();
+        let entry = &tunnel.entries[i];
+        Ok(Picked {
+            connection_id: entry.info.connection_id,
+            matched,
+            conn: Leased {
+                conn: entry.conn.clone(),
+                lease: Arc::new(entry.streams.lease()),
+            },
+        })
     }
 
     /// Live, non-draining connections of `tunnel`.
@@ -479,6 +671,47 @@ impl<C: Clone> Registry<C> {
     }
 }
 
+/// The index of the entry with the fewest open streams among those `eligible` accepts,
+/// searching from the round-robin cursor so that ties rotate.
+fn least_outstanding<C>(
+    tunnel: &TunnelConnections<C>,
+    eligible: impl Fn(&Entry<C>) -> bool,
+) -> Option<usize> {
+    let len = tunnel.entries.len();
+    let mut best: Option<(usize, usize)> = None;
+    for step in 0..len {
+        let i = (tunnel.cursor + step) % len;
+        let entry = &tunnel.entries[i];
+        if !eligible(entry) {
+            continue;
+        }
+        let open = entry.streams.open_streams();
+        if best.is_none_or(|(_, fewest)| open < fewest) {
+            best = Some((i, open));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// What the connectors of `entries` announce, one part per connector.
+fn announced_summary<'a, C: 'a>(entries: impl Iterator<Item = &'a Entry<C>>) -> String {
+    let mut seen: Vec<ConnectorId> = Vec::new();
+    let mut parts = Vec::new();
+    for entry in entries {
+        let connector = entry.info.registration.connector_id;
+        if seen.contains(&connector) {
+            continue;
+        }
+        seen.push(connector);
+        parts.push(format!(
+            "connector {}: {}",
+            hex::encode(&connector.0[..4]),
+            entry.routes.summary
+        ));
+    }
+    parts.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,15 +723,39 @@ mod tests {
             connection_index: index,
             remote: "127.0.0.1:5000".parse().unwrap(), // literal
             version: "test".into(),
-            routes: Vec::new(),
+            routes: vec![route("10.0.0.0/8", &[])],
         }
+    }
+
+    fn route(destination: &str, ports: &[(u16, u16)]) -> AnnouncedRoute {
+        AnnouncedRoute {
+            destination: destination.into(),
+            ports: ports.to_vec(),
+        }
+    }
+
+    fn to(host: &str, port: u16) -> Destination {
+        Destination {
+            host: match host.parse() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) => Host::Name(host.into()),
+            },
+            port,
+        }
+    }
+
+    /// A pick for 10.0.0.1:80, which every [`registration`] covers.
+    fn pick<C: Clone>(registry: &Registry<C>, tunnel: &TunnelId) -> Option<Picked<C>> {
+        registry
+            .pick(tunnel, &to("10.0.0.1", 80), &[], Unmatched::Refuse)
+            .ok()
     }
 
     #[test]
     fn round_robin_skips_draining() {
         let registry = Registry::<&'static str>::new();
         let tunnel = TunnelId([1; 16]);
-        assert!(registry.pick(&tunnel).is_none());
+        assert!(pick(&registry, &tunnel).is_none());
         for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
             let id = registry.allocate_id();
             registry
@@ -506,16 +763,117 @@ mod tests {
                 .unwrap(); // below the limit
         }
         let picks: Vec<_> = (0..6)
-            .map(|_| *registry.pick(&tunnel).unwrap().conn.inner())
+            .map(|_| *pick(&registry, &tunnel).unwrap().conn.inner())
             .collect(); // 3 live
         assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
         assert!(registry.set_draining(2));
         assert_eq!(registry.live_count(&tunnel), 2);
         let picks: Vec<_> = (0..4)
-            .map(|_| *registry.pick(&tunnel).unwrap().conn.inner())
+            .map(|_| *pick(&registry, &tunnel).unwrap().conn.inner())
             .collect(); // 2 live
         assert_eq!(picks, ["a", "c", "a", "c"]);
         assert_eq!(registry.live_count(&TunnelId([2; 16])), 0);
+    }
+
+    /// Only connections whose connector announced a covering route are picked; names, CIDRs,
+    /// wildcards and ports follow the connector's own rules.
+    #[test]
+    fn picks_by_announced_routes() {
+        let registry = Registry::<&'static str>::new();
+        let tunnel = TunnelId([1; 16]);
+        let with = |connector: u8, routes: Vec<AnnouncedRoute>| NewConnection {
+            routes,
+            ..registration(1, connector, 0)
+        };
+        registry
+            .register(1, with(1, vec![route("10.1.0.0/16", &[])]), "a")
+            .unwrap(); // empty
+        registry
+            .register(
+                2,
+                with(
+                    2,
+                    vec![
+                        route("10.2.0.0/16", &[(443, 443)]),
+                        route("*.corp.test", &[]),
+                    ],
+                ),
+                "b",
+            )
+            .unwrap(); // below the limit
+        registry.register(3, with(3, Vec::new()), "none").unwrap(); // below the limit
+        let chosen = |host: &str, port: u16, unmatched: Unmatched| {
+            registry
+                .pick(&tunnel, &to(host, port), &[], unmatched)
+                .map(|p| *p.conn.inner())
+        };
+        for _ in 0..4 {
+            assert_eq!(chosen("10.1.2.3", 22, Unmatched::Refuse), Ok("a"));
+            assert_eq!(chosen("10.2.0.9", 443, Unmatched::Refuse), Ok("b"));
+            assert_eq!(chosen("DB.Corp.Test", 5432, Unmatched::Refuse), Ok("b"));
+        }
+        let Err(NoPick::NoRoute { announced }) = chosen("10.2.0.9", 80, Unmatched::Refuse) else {
+            panic!("no connector routes 10.2.0.9:80");
+        };
+        assert!(announced.contains("10.1.0.0/16"), "{announced}");
+        assert!(announced.contains("10.2.0.0/16 ports 443"), "{announced}");
+        assert!(announced.contains("no routes"), "{announced}");
+        assert!(matches!(
+            chosen("corp.test", 80, Unmatched::Refuse),
+            Err(NoPick::NoRoute { .. })
+        ));
+        // The fallback spreads over every live connection.
+        let mut fallback: Vec<_> = (0..3)
+            .map(|_| chosen("192.0.2.1", 80, Unmatched::Any).unwrap())
+            .collect();
+        fallback.sort_unstable();
+        assert_eq!(fallback, ["a", "b", "none"]);
+
+        // A routes update replaces what the connection announced.
+        let rejected = registry
+            .update_routes(
+                3,
+                vec![route("192.0.2.0/24", &[]), route("10.0.0.1/8", &[])],
+            )
+            .unwrap(); // registered
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(chosen("192.0.2.1", 80, Unmatched::Refuse), Ok("none"));
+        assert_eq!(
+            registry.snapshot()[2].registration.routes.len(),
+            2,
+            "the snapshot shows the new routes"
+        );
+        assert_eq!(registry.update_routes(99, Vec::new()), None);
+    }
+
+    /// The connection with the fewest outstanding streams wins; excluded and draining ones
+    /// are never picked.
+    #[test]
+    fn least_outstanding_streams_win() {
+        let registry = Registry::<&'static str>::new();
+        let tunnel = TunnelId([1; 16]);
+        registry.register(1, registration(1, 1, 0), "a").unwrap(); // empty
+        registry.register(2, registration(1, 2, 0), "b").unwrap(); // below the limit
+        let held: Vec<_> = (0..10).map(|_| pick(&registry, &tunnel).unwrap()).collect(); // 2 live
+        let on = |name| held.iter().filter(|p| *p.conn.inner() == name).count();
+        assert_eq!((on("a"), on("b")), (5, 5), "ties alternate");
+        let (a, b): (Vec<_>, Vec<_>) = held.into_iter().partition(|p| *p.conn.inner() == "a");
+        drop(b);
+        // "a" holds 5, "b" none: the next 5 all go to "b".
+        let next: Vec<_> = (0..5).map(|_| pick(&registry, &tunnel).unwrap()).collect(); // 2 live
+        assert!(next.iter().all(|p| *p.conn.inner() == "b"));
+        drop(a);
+        let excluded = registry
+            .pick(&tunnel, &to("10.0.0.1", 80), &[2], Unmatched::Refuse)
+            .unwrap(); // "a" is live
+        assert_eq!((*excluded.conn.inner(), excluded.matched), ("a", true));
+        assert!(registry.set_draining(1));
+        assert_eq!(
+            registry
+                .pick(&tunnel, &to("10.0.0.1", 80), &[2], Unmatched::Any)
+                .map(|p| p.connection_id),
+            Err(NoPick::NoConnection)
+        );
     }
 
     #[test]
@@ -523,8 +881,8 @@ mod tests {
         let registry = Registry::<u32>::new();
         let tunnel = TunnelId([1; 16]);
         let registered = registry.register(7, registration(1, 1, 0), 7).unwrap(); // empty
-        let first = registry.pick(&tunnel).unwrap(); // one live
-        let second = registry.pick(&tunnel).unwrap(); // one live
+        let first = pick(&registry, &tunnel).unwrap(); // one live
+        let second = pick(&registry, &tunnel).unwrap(); // one live
         assert_eq!(registered.streams.open_streams(), 2);
         assert_eq!(registry.snapshot()[0].active_streams, 2);
         drop((first, second));
@@ -595,7 +953,7 @@ mod tests {
         let count = || registered.streams.open_streams();
 
         // The response body outlives the request side (a fetch() whose body still streams).
-        let picked = registry.pick(&tunnel).unwrap(); // one live
+        let picked = pick(&registry, &tunnel).unwrap(); // one live
         let (send, recv) = picked.conn.open_bi().await.unwrap(); // Idle opens
         drop(picked);
         assert_eq!(count(), 1, "the halves hold the lease, not the pick");
@@ -605,7 +963,7 @@ mod tests {
         assert_eq!(count(), 0);
 
         // The upload outlives the response (the send half in its own task).
-        let picked = registry.pick(&tunnel).unwrap(); // one live
+        let picked = pick(&registry, &tunnel).unwrap(); // one live
         let (send, recv) = picked.conn.open_bi().await.unwrap(); // Idle opens
         drop((picked, recv));
         assert_eq!(count(), 1, "the sending half alone still counts");

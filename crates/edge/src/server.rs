@@ -8,22 +8,29 @@
 //! frame. An accepted connection is sent the origin policy of every service of its tunnel, and
 //! the changed ones whenever the directory changes ([`crate::policy`]).
 //!
+//! A registered connection from which nothing at all arrives for `peer_timeout` (the connector
+//! sends keep-alives every second, so this means it is dead: killed, its host gone, the path
+//! cut) is taken out of the registry at once, so it gets no new stream, and closed with
+//! `ControlLost`, which ends every stream still on it with an error rather than a clean end.
+//!
 //! Shutdown ([`Shutdown`]): when stopping begins, no connection is accepted any more; each
 //! registered connection is sent `Drain`, gets no new streams, and is closed once its stream
 //! leases are all released ([`crate::registry`]), or when the grace period is over.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn};
-use underpass_mux::{registration_proof, write_frame, ControlChannel, MuxError};
+use underpass_mux::{peer_silent, registration_proof, write_frame, ControlChannel, MuxError};
 use underpass_proto::{
     CloseCode, ControlMessage, DecodeError, Drain, RefuseReason, Register, RegisterAccepted,
     RegisterRefused, TunnelId,
 };
 use underpass_rt::Shutdown;
+use underpass_transport::quic::QuicSettings;
 use underpass_transport::{Connection, Listener, SendStream};
 
 use crate::model::{Directory, Tunnel};
@@ -48,6 +55,27 @@ pub(crate) struct ServerSettings {
     pub retry_after: Duration,
     /// On shutdown, how long open streams may continue before connections are closed.
     pub drain_grace: Duration,
+    /// A registered connection that has received nothing for this long is dead; zero
+    /// disables dead-peer detection.
+    pub peer_timeout: Duration,
+}
+
+/// The dead-peer timeout `settings` ask for: `peer_timeout`, or zero (disabled) when it is
+/// zero or keep-alives are off (an idle connection may then be silent for good reasons).
+pub(crate) fn dead_peer_timeout(settings: &QuicSettings) -> Duration {
+    if settings.keep_alive.is_zero() {
+        Duration::ZERO
+    } else {
+        settings.peer_timeout
+    }
+}
+
+/// Resolves when `conn` has been silent for `timeout` (never when `timeout` is zero).
+async fn dead_peer<C: Connection>(conn: &C, timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    peer_silent(conn, timeout).await
 }
 
 /// What the connection tasks share.
@@ -190,6 +218,8 @@ async fn handle_connection<C: Connection>(
         routes = registration.routes.len(),
         "connector registered"
     );
+    warn_rejected_routes(&registered.rejected_routes);
+    let connector = hex::encode(registration.connector_id.0);
 
     let control = Control {
         conn: &conn,
@@ -198,10 +228,40 @@ async fn handle_connection<C: Connection>(
         streams: &registered.streams,
         context: &context,
     };
-    let (code, reason) = control.run(channel).await;
+    let (code, reason) = tokio::select! {
+        end = control.run(channel) => end,
+        silent = dead_peer(&conn, settings.peer_timeout) => {
+            // Out of the registry first: not one more stream goes to a dead connection.
+            context.registry.unregister(connection_id);
+            let silent_ms = silent.as_millis() as u64;
+            warn!(
+                %connector,
+                silent_ms,
+                open_streams = registered.streams.open_streams(),
+                "nothing received from the connector for {silent_ms} ms: connection dead \
+                 (connector killed, host down or path cut); closing it, new streams go to the \
+                 tunnel's other connections"
+            );
+            (
+                CloseCode::ControlLost,
+                Cow::Owned(format!("peer silent for {silent_ms} ms")),
+            )
+        }
+    };
     context.registry.unregister(connection_id);
-    close(&conn, code, reason);
-    info!(reason, code = %code, "connector connection closed");
+    close(&conn, code, &reason);
+    info!(reason = %reason, code = %code, "connector connection closed");
+}
+
+/// Announced routes the edge cannot parse are left out of placement (the connector refuses
+/// those destinations too, having parsed the same text); say so once.
+fn warn_rejected_routes(rejected: &[String]) {
+    if !rejected.is_empty() {
+        warn!(
+            routes = %rejected.join("; "),
+            "ignoring announced routes the edge cannot parse; no stream is placed by them"
+        );
+    }
 }
 
 fn close<C: Connection>(conn: &C, code: CloseCode, reason: &str) {
@@ -220,7 +280,15 @@ struct Control<'a, C> {
 impl<C: Connection> Control<'_, C> {
     /// Send the policies, then serve the control stream until it ends or the connection is
     /// drained; returns how to close the connection.
-    async fn run(&self, channel: ControlChannel<C::Send, C::Recv>) -> (CloseCode, &'static str) {
+    async fn run(
+        &self,
+        channel: ControlChannel<C::Send, C::Recv>,
+    ) -> (CloseCode, Cow<'static, str>) {
+        let (code, reason) = self.serve(channel).await;
+        (code, Cow::Borrowed(reason))
+    }
+
+    async fn serve(&self, channel: ControlChannel<C::Send, C::Recv>) -> (CloseCode, &'static str) {
         let (mut send, mut reader) = channel.split();
         let mut directory = self.context.directory.clone();
         let mut policies = SentPolicies::new();
@@ -256,6 +324,15 @@ impl<C: Connection> Control<'_, C> {
                         }
                     }
                     Ok(Some(ControlMessage::HeartbeatAck(_))) => {}
+                    Ok(Some(ControlMessage::Routes(update))) => {
+                        let count = update.routes.len();
+                        if let Some(rejected) =
+                            self.context.registry.update_routes(self.connection_id, update.routes)
+                        {
+                            info!(routes = count, "connector announced new routes");
+                            warn_rejected_routes(&rejected);
+                        }
+                    }
                     Ok(Some(ControlMessage::Drain(drain))) => {
                         self.context.registry.set_draining(self.connection_id);
                         connector_draining = true;
@@ -406,7 +483,7 @@ fn authenticate<C: Connection>(
     let Some(tunnel) = tunnels.by_id(&register.tunnel_id) else {
         return Err((
             RefuseReason::UnknownTunnel,
-            "this edge has no such tunnel; check the token".into(),
+            tunnels.unknown_tunnel_detail(&register.tunnel_id),
         ));
     };
     let expected = registration_proof(conn, &tunnel.id, &tunnel.secret).map_err(|error| {
@@ -417,10 +494,7 @@ fn authenticate<C: Connection>(
         )
     })?;
     if !bool::from(expected.ct_eq(&register.proof)) {
-        return Err((
-            RefuseReason::BadProof,
-            "the proof does not match the tunnel secret; check the token".into(),
-        ));
+        return Err((RefuseReason::BadProof, tunnels.bad_proof_detail(&tunnel.id)));
     }
     Ok(tunnel)
 }
@@ -553,6 +627,7 @@ mod tests {
                 heartbeat_interval: GUARD,
                 retry_after: GUARD,
                 drain_grace: Duration::from_secs(1),
+                peer_timeout: GUARD,
             },
             shutdown: shutdown.clone(),
         });

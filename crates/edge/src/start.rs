@@ -1,34 +1,44 @@
 //! Start-up wiring: [`Edge::start`] validates the configuration, loads the state, binds every
-//! listener and starts the tasks; [`EdgeHandle`] stops them; [`serve`] runs an edge until a
-//! shutdown future resolves.
+//! listener and starts the tasks; [`EdgeHandle`] reloads and stops them; [`serve`] runs an
+//! edge until a shutdown future resolves, [`serve_with_signals`] until SIGTERM/SIGINT, with
+//! SIGHUP reloading the config file.
 //!
 //! Every task goes through one [`Shutdown`]: the connector side ([`crate::server`]), the
 //! binding listeners and their client connections, pipes and uploads ([`crate::front`]), and
-//! the tunnel refresh. Stopping is: stop accepting, drain connectors and let open streams
-//! finish within `drain_grace_ms`, cut what is left with resets, wait, then close the QUIC
-//! endpoint.
+//! the tunnel refresh. Each binding listener has its own child of it, so that a live reload can
+//! stop one binding (it stops accepting, its open exchanges may finish within the drain
+//! grace) while the rest keeps serving. Stopping the edge is: stop accepting, drain connectors
+//! and let open streams finish within `drain_grace_ms`, cut what is left with resets, wait,
+//! then close the QUIC endpoint. The admin listener is not tracked: it answers (`/ready`: 503)
+//! during the drain and stops when the handle is dropped.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{info, warn};
-use underpass_proto::TunnelToken;
-use underpass_rt::Shutdown;
+use tracing::{debug, error, info, warn};
+use underpass_proto::{CloseCode, TunnelToken};
+use underpass_rt::admin::AdminServer;
+use underpass_rt::{Shutdown, Signal, Signals};
 use underpass_transport::quic::{self, QuicListener, TransportError};
 use underpass_transport::tls::{self, TlsError};
-use underpass_transport::{AnyConnection, AnyListener, Listener};
+use underpass_transport::{AnyConnection, AnyListener, Connection, Listener};
 
+use crate::admin::EdgeAdmin;
 use crate::config::{ConfigError, EdgeConfig};
-use crate::directory::{ConfigDirectory, DirectoryStore};
+use crate::directory::{ConfigDirectory, DirectoryStore, ListenerPlan};
 use crate::front::{self, FrontContext};
+use crate::metrics::EdgeMetrics;
+use crate::model::Binding;
 use crate::registry::Registry;
 use crate::server::{self, ServerContext, ServerSettings};
-use crate::state::{Pki, StateError};
-use crate::tunnels::{Tunnel, TunnelStore, REFRESH_INTERVAL};
+use crate::state::{self, Pki, StateError};
+use crate::tunnels::{Revoked, Tunnel, TunnelStore, REFRESH_INTERVAL};
 
 /// How long, after every task has ended, the closed QUIC endpoint may take to tell the peers.
 const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -63,7 +73,15 @@ pub enum EdgeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The async runtime could not be started.
+    /// The admin listener could not be bound.
+    #[error("admin listener: cannot listen on {addr}: {source}")]
+    AdminListen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The async runtime (or its signal handlers) could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     /// No address to put into tokens.
@@ -72,15 +90,30 @@ pub enum EdgeError {
          public_addresses in the config"
     )]
     NoPublicAddress(SocketAddr),
+    /// A command needs the running edge's admin listener, and the config has none.
+    #[error(
+        "the config has no admin listener; add `[admin]` with `listen = \"127.0.0.1:20242\"` \
+         and restart the edge"
+    )]
+    NoAdmin,
+    /// The running edge's admin listener could not answer.
+    #[error("{0}")]
+    Admin(String),
+    /// A tunnel reference that is neither a tunnel name nor an id.
+    #[error("{0:?} is not a tunnel name or id (A-Z a-z 0-9 - _ .)")]
+    BadTunnelReference(String),
+    /// A live reload that cannot be applied; the running configuration is kept.
+    #[error("{0}")]
+    Reload(String),
 }
 
 /// Entry point for running an edge in-process.
 pub struct Edge;
 
 impl Edge {
-    /// Validate `config`, load or create the state (PKI, tunnels), bind the QUIC listener and
-    /// every binding listener, and start serving. Ports 0 are allowed: ask the handle for the
-    /// real addresses.
+    /// Validate `config`, load or create the state (PKI, tunnels, stateless-reset key), bind
+    /// the QUIC listener, every binding listener and the admin listener, and start serving.
+    /// Ports 0 are allowed: ask the handle for the real addresses.
     pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
         let directory = config.directory()?;
         let settings = config
@@ -88,6 +121,7 @@ impl Edge {
             .settings()
             .map_err(|error| ConfigError::Invalid(error.to_string()))?;
         let pki = Pki::load_or_generate(&config.state_dir, &config.server_name)?;
+        let reset_key = state::reset_key(&config.state_dir)?;
         let tunnels = Arc::new(TunnelStore::open(&config.state_dir)?);
         let tls = tls::server_config(
             pki.chain_pem.as_bytes(),
@@ -99,7 +133,8 @@ impl Edge {
             source,
         };
         let listener =
-            QuicListener::bind(config.listen, Arc::new(tls), &settings).map_err(quic_error)?;
+            QuicListener::bind_with_reset_key(config.listen, Arc::new(tls), &settings, reset_key)
+                .map_err(quic_error)?;
         let buffers = listener.socket_buffers();
         if buffers.capped() {
             warn!(
@@ -115,90 +150,226 @@ impl Edge {
 
         let mut bound = Vec::with_capacity(directory.bindings.len());
         for binding in &directory.bindings {
-            let tcp = TcpListener::bind(binding.listen).await.map_err(|source| {
-                EdgeError::BindingListen {
-                    binding: binding.name.clone(),
-                    addr: binding.listen,
-                    source,
-                }
-            })?;
-            let addr = front::listener_addr(&tcp, binding.listen);
-            if !addr.ip().is_loopback() {
-                warn!(
-                    binding = %binding.name,
-                    %addr,
-                    "binding listens beyond loopback: anyone who reaches it reaches the \
-                     private network"
-                );
-            }
-            if tunnels.resolve(binding.target.tunnel().as_str()).is_none() {
-                warn!(
-                    binding = %binding.name,
-                    tunnel = %binding.target.tunnel(),
-                    "tunnel does not exist yet; create it with `underpass-edge tunnel create`"
-                );
-            }
+            let (tcp, addr) = bind_binding(binding, &tunnels).await?;
             bound.push((binding.clone(), tcp, addr));
         }
 
         let token_addresses = token_addresses(&config, Some(quic_addr))?;
-        let store = ConfigDirectory::new(directory);
         let registry = Arc::new(Registry::new());
+        registry.set_unmatched(config.routing.unmatched);
         let shutdown = Shutdown::new();
+        let metrics = Arc::new(EdgeMetrics::new());
         let timeouts = &config.timeouts;
         let drain_grace = Duration::from_millis(timeouts.drain_grace_ms);
+        let tracked = Arc::new(TrackedListener::new(listener.clone()));
+        let listeners = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            registry: registry.clone(),
+            tunnels: tunnels.clone(),
+            directory: ConfigDirectory::new(directory),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            connect_timeout: Duration::from_millis(timeouts.connect_ms),
+            drain_grace,
+            bindings: Mutex::new(HashMap::new()),
+            reload: tokio::sync::Mutex::new(()),
+            started_with: config.clone(),
+            listeners: listeners.clone(),
+            tracked: tracked.clone(),
+        });
+
+        let admin = match config.admin.listen {
+            Some(addr) => Some(bind_admin(addr, &shared).await?),
+            None => None,
+        };
+
         let server_context = Arc::new(ServerContext {
             registry: registry.clone(),
             tunnels: tunnels.clone(),
-            directory: store.subscribe(),
+            directory: shared.directory.subscribe(),
             settings: ServerSettings {
                 edge_name: config.server_name.clone(),
                 register_timeout: Duration::from_millis(timeouts.register_ms),
                 heartbeat_interval: Duration::from_millis(timeouts.heartbeat_interval_ms),
                 retry_after: Duration::from_secs(5),
                 drain_grace,
+                peer_timeout: server::dead_peer_timeout(&settings),
             },
             shutdown: shutdown.clone(),
         });
-        shutdown.spawn(server::run(listener.clone(), server_context));
-        shutdown.spawn(
-            tunnels
-                .clone()
-                .refresh_every(REFRESH_INTERVAL, shutdown.clone()),
-        );
-        let front_context = Arc::new(FrontContext {
-            registry: registry.clone(),
-            tunnels: tunnels.clone(),
-            directory: store.subscribe(),
-            connect_timeout: Duration::from_millis(timeouts.connect_ms),
-            shutdown: shutdown.clone(),
-        });
-        let mut binding_addrs = HashMap::new();
-        for (binding, tcp, addr) in bound {
-            info!(binding = %binding.name, %addr, mode = %binding.mode, "binding listening");
-            binding_addrs.insert(binding.name.clone(), addr);
-            let context = front_context.clone();
-            shutdown.spawn(async move { front::serve(tcp, &binding, context).await });
+        shutdown.spawn(server::run(tracked, server_context));
+        let revoker = shared.clone();
+        shutdown.spawn(tunnels.clone().refresh_every(
+            REFRESH_INTERVAL,
+            shutdown.clone(),
+            move |revoked| revoker.close_revoked(revoked),
+        ));
+        {
+            let mut running = shared.bindings();
+            for (binding, tcp, addr) in bound {
+                let binding_name = binding.name.clone();
+                running.insert(binding_name, shared.spawn_binding(binding, tcp, addr));
+            }
+            listeners.store(running.len() + 1, Ordering::Relaxed);
         }
         info!(
             quic = %quic_addr,
-            bindings = binding_addrs.len(),
+            bindings = shared.bindings().len(),
             ca_pin = %hex::encode(pki.ca_pin),
             "edge started"
         );
         Ok(EdgeHandle {
             quic_addr,
-            binding_addrs,
-            registry,
-            tunnels,
+            shared,
             token_addresses,
             server_name: config.server_name,
             ca_pin: pki.ca_pin,
             listener,
-            _directory: Arc::new(store),
-            shutdown,
+            admin,
             drain_grace,
         })
+    }
+}
+
+/// Bind a binding's listener, with the warnings an operator should see.
+async fn bind_binding(
+    binding: &Binding,
+    tunnels: &TunnelStore,
+) -> Result<(TcpListener, SocketAddr), EdgeError> {
+    let tcp =
+        TcpListener::bind(binding.listen)
+            .await
+            .map_err(|source| EdgeError::BindingListen {
+                binding: binding.name.clone(),
+                addr: binding.listen,
+                source,
+            })?;
+    let addr = front::listener_addr(&tcp, binding.listen);
+    if !addr.ip().is_loopback() {
+        warn!(
+            binding = %binding.name,
+            %addr,
+            "binding listens beyond loopback: anyone who reaches it reaches the private network"
+        );
+    }
+    if tunnels.resolve(binding.target.tunnel().as_str()).is_none() {
+        warn!(
+            binding = %binding.name,
+            tunnel = %binding.target.tunnel(),
+            "tunnel does not exist yet; create it with `underpass-edge tunnel create`"
+        );
+    }
+    Ok((tcp, addr))
+}
+
+/// Start the admin listener on `addr`.
+async fn bind_admin(addr: SocketAddr, shared: &Shared) -> Result<AdminServer, EdgeError> {
+    let handler = Arc::new(EdgeAdmin {
+        registry: shared.registry.clone(),
+        tunnels: shared.tunnels.clone(),
+        metrics: shared.metrics.clone(),
+        shutdown: shared.shutdown.clone(),
+        listeners: shared.listeners.clone(),
+    });
+    // The server logs its address, and warns when it is not on loopback.
+    AdminServer::bind(addr, handler)
+        .await
+        .map_err(|source| EdgeError::AdminListen { addr, source })
+}
+
+/// What the edge's tasks, its handle and its admin endpoints share.
+struct Shared {
+    registry: Arc<Registry<AnyConnection>>,
+    tunnels: Arc<TunnelStore>,
+    directory: ConfigDirectory,
+    metrics: Arc<EdgeMetrics>,
+    shutdown: Shutdown,
+    connect_timeout: Duration,
+    drain_grace: Duration,
+    /// The binding listeners running now, by binding name.
+    bindings: Mutex<HashMap<String, RunningBinding>>,
+    /// Held by a reload from start to end: reloads happen one at a time.
+    reload: tokio::sync::Mutex<()>,
+    /// The configuration the edge started with: what a reload cannot change.
+    started_with: EdgeConfig,
+    /// Listeners bound now (QUIC and bindings), for `/ready`.
+    listeners: Arc<AtomicUsize>,
+    /// Every accepted connector connection, to close a revoked tunnel's.
+    tracked: Arc<TrackedListener>,
+}
+
+/// A binding listener that runs, and the part of the shutdown its tasks belong to.
+struct RunningBinding {
+    binding: Arc<Binding>,
+    addr: SocketAddr,
+    part: Shutdown,
+}
+
+impl Shared {
+    fn bindings(&self) -> MutexGuard<'_, HashMap<String, RunningBinding>> {
+        // Every critical section leaves the map consistent, so a poisoned lock is usable.
+        self.bindings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serve `binding` on `tcp` in a part of its own: stopping the part stops the listener,
+    /// lets its client connections and pipes finish within the drain grace, then cuts them.
+    fn spawn_binding(
+        &self,
+        binding: Arc<Binding>,
+        tcp: TcpListener,
+        addr: SocketAddr,
+    ) -> RunningBinding {
+        let part = self.shutdown.child();
+        let context = Arc::new(FrontContext {
+            registry: self.registry.clone(),
+            tunnels: self.tunnels.clone(),
+            directory: self.directory.subscribe(),
+            connect_timeout: self.connect_timeout,
+            shutdown: part.clone(),
+            metrics: self.metrics.clone(),
+        });
+        info!(binding = %binding.name, %addr, mode = %binding.mode, "binding listening");
+        let (task_binding, task_part, grace) = (binding.clone(), part.clone(), self.drain_grace);
+        self.shutdown.spawn(async move {
+            front::serve(tcp, &task_binding, context).await;
+            let report = task_part.shutdown(grace).await;
+            debug!(
+                binding = %task_binding.name,
+                forced = report.forced,
+                "binding stopped"
+            );
+        });
+        RunningBinding {
+            binding,
+            addr,
+            part,
+        }
+    }
+
+    /// Close the connections of tunnels whose secret was revoked (deleted, rotated): their
+    /// connectors re-register and are refused with the reason, or succeed with a new token.
+    fn close_revoked(&self, revoked: &[Revoked]) {
+        for tunnel in revoked {
+            let mut closed = 0;
+            for info in self.registry.snapshot() {
+                if info.registration.tunnel_id != tunnel.id {
+                    continue;
+                }
+                if self.tracked.close(
+                    info.registration.remote,
+                    CloseCode::Refused,
+                    tunnel.why.text(),
+                ) {
+                    closed += 1;
+                }
+            }
+            info!(
+                tunnel = %tunnel.name,
+                reason = tunnel.why.text(),
+                connections = closed,
+                "tunnel revoked; closed its connector connections"
+            );
+        }
     }
 }
 
@@ -206,17 +377,22 @@ impl Edge {
 /// with no grace period.
 pub struct EdgeHandle {
     quic_addr: SocketAddr,
-    binding_addrs: HashMap<String, SocketAddr>,
-    registry: Arc<Registry<AnyConnection>>,
-    tunnels: Arc<TunnelStore>,
+    shared: Arc<Shared>,
     token_addresses: Vec<String>,
     server_name: String,
     ca_pin: [u8; 32],
     listener: Arc<AnyListener>,
-    /// The directory's source, kept for as long as the edge runs.
-    _directory: Arc<dyn DirectoryStore>,
-    shutdown: Shutdown,
+    admin: Option<AdminServer>,
     drain_grace: Duration,
+}
+
+/// What a live reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Bindings whose listener was started (new, or moved to another address).
+    pub started: Vec<String>,
+    /// Bindings whose listener was stopped (removed, or moved).
+    pub stopped: Vec<String>,
 }
 
 impl EdgeHandle {
@@ -227,17 +403,22 @@ impl EdgeHandle {
 
     /// The TCP address of a binding's listener (forward proxy or plain TCP port).
     pub fn binding_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.binding_addrs.get(name).copied()
+        self.shared.bindings().get(name).map(|running| running.addr)
+    }
+
+    /// The admin listener's address, if `[admin] listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// Live connector connections.
     pub fn registry(&self) -> &Arc<Registry<AnyConnection>> {
-        &self.registry
+        &self.shared.registry
     }
 
     /// The tunnels of this edge's state directory.
     pub fn tunnels(&self) -> &Arc<TunnelStore> {
-        &self.tunnels
+        &self.shared.tunnels
     }
 
     /// The SHA-256 pin of the edge's CA certificate.
@@ -248,25 +429,118 @@ impl EdgeHandle {
     /// Create a tunnel (saved to the state directory) and return its token. Writes the file
     /// on the calling thread.
     pub fn create_tunnel(&self, name: &str) -> Result<TunnelToken, EdgeError> {
-        let tunnel = self.tunnels.create(name)?;
+        let tunnel = self.shared.tunnels.create(name)?;
         Ok(self.token_for(&tunnel))
     }
 
     /// The token of an existing tunnel, by name or id.
     pub fn token(&self, tunnel: &str) -> Option<TunnelToken> {
-        self.tunnels.resolve(tunnel).map(|t| self.token_for(&t))
+        self.shared
+            .tunnels
+            .resolve(tunnel)
+            .map(|t| self.token_for(&t))
     }
 
     fn token_for(&self, tunnel: &Tunnel) -> TunnelToken {
         tunnel.token(self.token_addresses.clone(), &self.server_name, self.ca_pin)
     }
 
+    /// The Prometheus text `/metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        self.shared
+            .metrics
+            .render(&self.shared.registry.snapshot(), &self.shared.tunnels)
+    }
+
+    /// Apply `config`'s networks, services, bindings and `[routing]` while serving: the new
+    /// directory is published (the next request and every connector connection see it),
+    /// listeners start for new bindings, and removed ones stop accepting while their open
+    /// exchanges finish (within the drain grace). A binding whose `listen` changed is removed
+    /// and added. Other keys take effect at the next start (a warning names them). An invalid
+    /// config, or one whose listeners cannot be bound, changes nothing.
+    pub async fn reload(&self, config: &EdgeConfig) -> Result<ReloadSummary, EdgeError> {
+        let shared = &self.shared;
+        let _one_at_a_time = shared.reload.lock().await;
+        if shared.shutdown.is_stopping() {
+            return Err(EdgeError::Reload("the edge is shutting down".into()));
+        }
+        let directory = config.directory()?;
+        warn_static_changes(&shared.started_with, config);
+        let running: Vec<Arc<Binding>> = shared
+            .bindings()
+            .values()
+            .map(|running| running.binding.clone())
+            .collect();
+        let plan =
+            ListenerPlan::between(&running, &directory.bindings).map_err(EdgeError::Reload)?;
+        // Everything that can fail happens before anything changes.
+        let mut bound = Vec::with_capacity(plan.start.len());
+        for binding in &plan.start {
+            let (tcp, addr) = bind_binding(binding, &shared.tunnels).await?;
+            bound.push((binding.clone(), tcp, addr));
+        }
+        shared.directory.publish(directory);
+        shared.registry.set_unmatched(config.routing.unmatched);
+        let mut summary = ReloadSummary::default();
+        let mut bindings = shared.bindings();
+        for name in plan.stop {
+            if let Some(old) = bindings.remove(&name) {
+                info!(
+                    binding = %name,
+                    addr = %old.addr,
+                    "binding removed: no longer accepting; open exchanges may finish"
+                );
+                old.part.stop();
+                summary.stopped.push(name);
+            }
+        }
+        for (binding, tcp, addr) in bound {
+            summary.started.push(binding.name.clone());
+            let name = binding.name.clone();
+            bindings.insert(name, shared.spawn_binding(binding, tcp, addr));
+        }
+        shared
+            .listeners
+            .store(bindings.len() + 1, Ordering::Relaxed);
+        drop(bindings);
+        info!(
+            started = ?summary.started,
+            stopped = ?summary.stopped,
+            "configuration reloaded"
+        );
+        Ok(summary)
+    }
+
+    /// Delete a tunnel (as `underpass-edge tunnel delete` does) and close its connections now.
+    pub fn delete_tunnel(&self, tunnel: &str) -> Result<(), EdgeError> {
+        let deleted = self.shared.tunnels.delete(tunnel)?;
+        self.shared.close_revoked(&[Revoked {
+            id: deleted.id,
+            name: deleted.name,
+            why: crate::tunnels::Revocation::Deleted,
+        }]);
+        Ok(())
+    }
+
+    /// Give a tunnel a new secret (as `underpass-edge tunnel rotate-secret` does), close its
+    /// connections now, and return the new token.
+    pub fn rotate_secret(&self, tunnel: &str) -> Result<TunnelToken, EdgeError> {
+        let rotated = self.shared.tunnels.rotate_secret(tunnel)?;
+        self.shared.close_revoked(&[Revoked {
+            id: rotated.id,
+            name: rotated.name.clone(),
+            why: crate::tunnels::Revocation::SecretRotated,
+        }]);
+        Ok(self.token_for(&rotated))
+    }
+
     /// Stop gracefully and wait for all of it: stop accepting connectors and binding clients,
     /// drain every connector connection (open streams, response bodies and pipes included,
     /// may finish within `drain_grace_ms`), cut what is still open when the grace period is
-    /// over, wait for every task to end, then close the QUIC endpoint.
+    /// over, wait for every task to end, then close the QUIC endpoint. The admin listener
+    /// answers until the end (`/ready`: 503).
     pub async fn shutdown(self) {
-        let report = self.shutdown.shutdown(self.drain_grace).await;
+        let report = self.shared.shutdown.shutdown(self.drain_grace).await;
         self.listener.close();
         // Bounded: the endpoint is closed, so this waits only for the close frames to go out.
         let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, self.listener.wait_idle()).await;
@@ -280,17 +554,49 @@ impl EdgeHandle {
 
 impl Drop for EdgeHandle {
     fn drop(&mut self) {
-        if self.shutdown.is_stopping() {
+        let shutdown = &self.shared.shutdown;
+        if shutdown.is_stopping() {
             return;
         }
         // Not shut down gracefully: cut everything now (tasks see the grace period as over).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let shutdown = self.shutdown.clone();
+            let shutdown = shutdown.clone();
             runtime.spawn(async move { shutdown.shutdown(Duration::ZERO).await });
         } else {
-            self.shutdown.stop();
+            shutdown.stop();
         }
         self.listener.close();
+    }
+}
+
+/// Log the keys of `new` that differ from what the edge started with: a reload does not apply
+/// them.
+fn warn_static_changes(started: &EdgeConfig, new: &EdgeConfig) {
+    let changed = [
+        ("state_dir", started.state_dir != new.state_dir),
+        ("listen", started.listen != new.listen),
+        (
+            "public_addresses",
+            started.public_addresses != new.public_addresses,
+        ),
+        ("server_name", started.server_name != new.server_name),
+        ("quic", started.quic != new.quic),
+        ("timeouts", started.timeouts != new.timeouts),
+        ("runtime", started.runtime != new.runtime),
+        ("admin", started.admin != new.admin),
+        ("log_format", started.log_format != new.log_format),
+    ];
+    let keys: Vec<&str> = changed
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(key, _)| *key)
+        .collect();
+    if !keys.is_empty() {
+        warn!(
+            keys = ?keys,
+            "these settings changed in the config file; a reload applies only networks, \
+             services and bindings, the rest takes effect at the next start"
+        );
     }
 }
 
@@ -301,6 +607,122 @@ pub async fn serve(config: EdgeConfig, signal: impl Future<Output = ()>) -> Resu
     info!("shutting down");
     edge.shutdown().await;
     Ok(())
+}
+
+/// Run an edge with `config` (read from `path`) as `underpass-edge serve` does: SIGHUP reloads
+/// the file's networks, services and bindings (a bad file is refused and logged, the running
+/// configuration kept); the first SIGTERM or SIGINT stops gracefully, a second one exits at
+/// once with status 1.
+pub async fn serve_with_signals(config: EdgeConfig, path: &Path) -> Result<(), EdgeError> {
+    // Listening before the edge starts: a signal during the start is not lost.
+    let mut signals = Signals::new().map_err(EdgeError::Runtime)?;
+    let edge = Edge::start(config).await?;
+    loop {
+        match signals.next().await {
+            Signal::Terminate => break,
+            Signal::Hangup => reload_file(&edge, path).await,
+        }
+    }
+    info!("shutting down; a second SIGTERM or SIGINT exits at once");
+    let drain = edge.shutdown();
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain => return Ok(()),
+            signal = signals.next() => match signal {
+                Signal::Terminate => {
+                    error!("second signal: exiting at once");
+                    std::process::exit(i32::from(underpass_rt::EX_FAILURE));
+                }
+                Signal::Hangup => warn!("SIGHUP ignored: the edge is shutting down"),
+            },
+        }
+    }
+}
+
+/// Re-read the config file and apply it; a failure is logged and changes nothing.
+async fn reload_file(edge: &EdgeHandle, path: &Path) {
+    info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let config = match EdgeConfig::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            error!(%error, "reload refused; keeping the running configuration");
+            return;
+        }
+    };
+    if let Err(error) = edge.reload(&config).await {
+        error!(%error, "reload refused; keeping the running configuration");
+    }
+}
+
+/// The QUIC listener as the connector side sees it, remembering every accepted connection
+/// (by remote address) so that the connections of a revoked tunnel can be closed: the
+/// registry's snapshot says which remote addresses a tunnel's connections have.
+struct TrackedListener {
+    inner: Arc<AnyListener>,
+    conns: Arc<Mutex<HashMap<SocketAddr, (u64, AnyConnection)>>>,
+    next: AtomicU64,
+}
+
+impl TrackedListener {
+    fn new(inner: Arc<AnyListener>) -> Self {
+        TrackedListener {
+            inner,
+            conns: Arc::new(Mutex::new(HashMap::new())),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Close the connection from `remote`, if one is open; returns whether one was.
+    fn close(&self, remote: SocketAddr, code: CloseCode, reason: &str) -> bool {
+        let conn = lock(&self.conns).get(&remote).map(|(_, conn)| conn.clone());
+        match conn {
+            Some(conn) => {
+                conn.close(code.code(), reason.as_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the map consistent, so a poisoned lock is usable.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Listener for TrackedListener {
+    type Conn = AnyConnection;
+
+    async fn accept(&self) -> Option<AnyConnection> {
+        let conn = self.inner.accept().await?;
+        let remote = conn.remote_address();
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.conns).insert(remote, (generation, conn.clone()));
+        // Forget it once it is closed. Not a tracked task: it ends when the connection does,
+        // and closing the endpoint closes every connection.
+        let (conns, watched) = (self.conns.clone(), conn.clone());
+        tokio::spawn(async move {
+            watched.closed().await;
+            let mut conns = lock(&conns);
+            if conns.get(&remote).is_some_and(|(g, _)| *g == generation) {
+                conns.remove(&remote);
+            }
+        });
+        Some(conn)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    async fn wait_idle(&self) {
+        self.inner.wait_idle().await;
+    }
 }
 
 /// The edge addresses written into tokens: `public_addresses`, else the bound address (given

@@ -8,9 +8,11 @@
 //! | `edge.key` | the edge private key | 0600 |
 //! | `edge.names` | the names the edge certificate was issued for, one a line | 0644 |
 //! | `tunnels.json` | tunnels: id, name, secret ([`crate::tunnels`]) | 0600 |
+//! | `reset.key` | the QUIC stateless-reset key: 32 random bytes ([`reset_key`]) | 0600 |
 //!
 //! The PKI is generated on first use and reused afterwards, so tokens stay valid across
-//! restarts.
+//! restarts. So is the reset key, so that an edge restarted on the same address resets the
+//! connections of its previous run at once instead of leaving connectors to their idle timeout.
 
 use std::fmt;
 use std::fs::{DirBuilder, OpenOptions, Permissions};
@@ -33,6 +35,10 @@ const CA_KEY: &str = "ca.key";
 const EDGE_CHAIN: &str = "edge.pem";
 const EDGE_KEY: &str = "edge.key";
 const EDGE_NAMES: &str = "edge.names";
+/// The QUIC stateless-reset key's file.
+pub const RESET_KEY: &str = "reset.key";
+/// The reset key's length.
+const RESET_KEY_LEN: usize = 32;
 
 /// The state directory is missing, unreadable or inconsistent.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +98,18 @@ pub enum StateError {
     /// No tunnel with this name or id.
     #[error("no tunnel named {0:?}")]
     UnknownTunnel(String),
+    /// `reset.key` does not hold exactly 32 bytes.
+    #[error(
+        "{path} holds {len} bytes, but a stateless-reset key is exactly 32; remove the file to \
+         have a new key generated (connections of the edge's previous run then end by their \
+         idle timeout instead of at once)"
+    )]
+    BadResetKey {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
 }
 
 /// The edge's certificate material, as stored in the state directory.
@@ -211,6 +229,31 @@ impl Pki {
     }
 }
 
+/// The QUIC stateless-reset key of `dir`'s edge: read from `reset.key`, or generated (32 bytes
+/// from the OS) and stored with mode 0600 when the file does not exist. A file of another
+/// length is an error rather than silently replaced.
+pub fn reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN], StateError> {
+    ensure_dir(dir)?;
+    let path = dir.join(RESET_KEY);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            warn_if_readable_by_others(&path);
+            <[u8; RESET_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| StateError::BadResetKey {
+                path: path.clone(),
+                len: bytes.len(),
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; RESET_KEY_LEN];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            write_file(&path, &key, PRIVATE_MODE)?;
+            info!(file = %path.display(), "generated the QUIC stateless-reset key");
+            Ok(key)
+        }
+        Err(source) => Err(io_error(&path, source)),
+    }
+}
+
 /// Write `contents` to `path` atomically (temporary file in the same folder, then rename) with
 /// `mode`: a reader never sees half a file, and a secret is never readable by others, not even
 /// for a moment.
@@ -287,6 +330,23 @@ mod tests {
         assert_eq!(first.ca_pin, again.ca_pin);
         assert_eq!(first.chain_pem, again.chain_pem);
         assert!(!format!("{again:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn reset_key_is_created_once_and_checked() {
+        let dir = tempfile::tempdir().unwrap(); // test scratch dir
+        let state = dir.path().join("state");
+        let first = reset_key(&state).unwrap(); // fresh dir
+        assert_eq!(mode(&state.join(RESET_KEY)), PRIVATE_MODE);
+        assert_ne!(first, [0u8; 32]);
+        assert_eq!(reset_key(&state).unwrap(), first, "reused, not regenerated"); // file exists
+        std::fs::write(state.join(RESET_KEY), [1u8; 31]).unwrap(); // scratch
+        let error = reset_key(&state).unwrap_err();
+        assert!(
+            matches!(error, StateError::BadResetKey { len: 31, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("exactly 32"), "{error}");
     }
 
     #[test]

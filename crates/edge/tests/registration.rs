@@ -359,3 +359,66 @@ async fn a_connector_that_does_not_answer_gives_connection_timeout() -> anyhow::
     edge.shutdown().await;
     Ok(())
 }
+
+/// A connector announcing no route gets no stream: the edge refuses with the connector's own
+/// codes. A `Routes` message replaces what the connection announced, and the next stream goes
+/// through.
+#[tokio::test]
+async fn a_routes_update_replaces_the_announced_routes() -> anyhow::Result<()> {
+    let (edge, _dir) = EdgeBuilder::new()
+        .network_binding("VPC", "corp", "prod")
+        .start()
+        .await;
+    let token = edge.create_tunnel("prod")?;
+    let (_dialer, conn) = dial(&edge, &token).await?;
+    let (mut control, reply) =
+        connector::register_with(&conn, token.tunnel_id, &token.secret, Vec::new()).await?;
+    assert!(
+        matches!(reply, ControlMessage::RegisterAccepted(_)),
+        "{reply:?}"
+    );
+    tokio::time::timeout(HANG_GUARD, edge.registry().wait_live(&token.tunnel_id, 1)).await?;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(serve_streams(conn.clone(), seen_tx));
+    let vpc = edge.binding_addr("VPC").expect("binding VPC");
+
+    let (_, head) = request(vpc, "CONNECT 127.0.0.9:7000 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    let value = head.header("proxy-status").expect("Proxy-Status header");
+    assert!(
+        value.contains("error=destination_ip_prohibited")
+            && value.contains("no connector of tunnel prod announces a route for 127.0.0.9:7000"),
+        "{value}"
+    );
+    let (_, head) = request(vpc, "CONNECT db.internal:5432 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(
+        head.header("proxy-status")
+            .is_some_and(|v| v.contains("error=destination_not_found")),
+        "{head:?}"
+    );
+
+    let routes = vec![underpass_proto::AnnouncedRoute {
+        destination: "127.0.0.0/24".into(),
+        ports: vec![(7000, 7000)],
+    }];
+    control
+        .send(&ControlMessage::Routes(underpass_proto::RoutesUpdate {
+            routes: routes.clone(),
+        }))
+        .await?;
+    let registry = edge.registry().clone();
+    tokio::time::timeout(
+        HANG_GUARD,
+        registry
+            .wait_until(|r| r.snapshot().first().map(|c| &c.registration.routes) == Some(&routes)),
+    )
+    .await?;
+    assert_eq!(echo_through(vpc, "127.0.0.9:7000", b"hi").await, b"hi");
+    let target = dial_target(seen.recv().await.expect("origin seen"));
+    assert_eq!(target.port, 7000);
+    // Another port of the same network is still not announced.
+    let (_, head) = request(vpc, "CONNECT 127.0.0.9:7001 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    Ok(())
+}

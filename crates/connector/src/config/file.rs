@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use underpass_rt::LogFormat;
 use underpass_transport::quic::QuicConfig;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -13,6 +14,7 @@ pub(super) struct ConfigFile {
     pub(super) token: Option<SecretString>,
     pub(super) token_file: Option<PathBuf>,
     pub(super) connections: Option<u8>,
+    pub(super) log_format: Option<LogFormat>,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteEntry>,
     pub(super) deny: Option<Vec<String>>,
@@ -30,6 +32,8 @@ pub(super) struct ConfigFile {
     pub(super) reconnect: ReconnectSection,
     #[serde(default)]
     pub(super) runtime: RuntimeSection,
+    #[serde(default)]
+    pub(super) admin: AdminSection,
 }
 
 /// A string that never appears in `Debug` output (the inline token).
@@ -98,4 +102,10 @@ pub(super) struct ReconnectSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct RuntimeSection {
     pub(super) worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminSection {
+    pub(super) listen: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! every error.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,10 +17,11 @@ use underpass_transport::TransportError;
 use super::file::{ConfigFile, EdgeSection, RouteEntry, SecretString};
 use super::{
     ConfigError, ConnectorConfig, DnsSettings, EdgeSettings, Overrides, ReconnectSettings, Route,
-    Timeouts, TokenSource, DEFAULT_CONNECT_MS, DEFAULT_DNS_TIMEOUT_MS, DEFAULT_DRAIN_MS,
-    DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS, DEFAULT_ORIGIN_IDLE_MS, DEFAULT_RECONNECT_INITIAL_MS,
-    DEFAULT_RECONNECT_MAX_MS, DEFAULT_REGISTER_MS, DEFAULT_RESPONSE_HEADER_MS,
-    DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS, MAX_STREAMS_LIMIT, TOKEN_ENV,
+    Timeouts, TokenSource, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_MS, DEFAULT_DNS_TIMEOUT_MS,
+    DEFAULT_DRAIN_MS, DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS, DEFAULT_ORIGIN_IDLE_MS,
+    DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS, DEFAULT_REGISTER_MS,
+    DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS, MAX_STREAMS_LIMIT,
+    TOKEN_ENV,
 };
 
 fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
@@ -57,7 +58,7 @@ pub(super) fn validate_with_token(
     base: &Path,
     token: impl FnOnce(&ConfigFile) -> Result<(TunnelToken, TokenSource), ConfigError>,
 ) -> Result<ConnectorConfig, ConfigError> {
-    let connections = file.connections.unwrap_or(1);
+    let connections = file.connections.unwrap_or(DEFAULT_CONNECTIONS);
     if connections == 0 || connections > MAX_CONNECTIONS {
         return Err(invalid(
             "connections",
@@ -145,6 +146,16 @@ pub(super) fn validate_with_token(
 
     let quic = quic_settings(&file.quic)?;
 
+    let admin_listen = match &file.admin.listen {
+        None => None,
+        Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("{text:?} is not ip:port (like 127.0.0.1:20241 or [::1]:20241)"),
+            )
+        })?),
+    };
+
     let reconnect = ReconnectSettings {
         initial: positive_ms(
             "reconnect.initial_ms",
@@ -181,6 +192,8 @@ pub(super) fn validate_with_token(
         edge,
         reconnect,
         worker_threads: file.runtime.worker_threads.unwrap_or(1),
+        admin_listen,
+        log_format: file.log_format.unwrap_or_default(),
     })
 }
 

@@ -54,6 +54,7 @@ pub(crate) use self::target::Destination;
 use self::target::{Endpoint, UploadWatch};
 use self::tls::{TlsConfigs, VerifyMode};
 use crate::dial::Dialer;
+use crate::outcome::{Ending, StreamEnd};
 
 /// How long a finished HTTP/1.1 exchange waits for its connection to become reusable before
 /// the stream is finished; after that the connection is returned in the background.
@@ -153,7 +154,7 @@ impl OriginClient {
     /// Run one exchange: send the request of `head` with the body read from `body` to the
     /// origin at `destination` and write the reply, then the response body, to `send`.
     /// Everything is written here, errors included; the stream is finished or reset on
-    /// return.
+    /// return, and the returned end says how (for the stream's one log line and metrics).
     pub(crate) async fn serve<S: SendStream, R: RecvStream>(
         &self,
         dialer: &Dialer,
@@ -161,7 +162,7 @@ impl OriginClient {
         destination: Destination,
         send: S,
         body: Buffered<R>,
-    ) {
+    ) -> StreamEnd {
         let span = debug_span!(
             "origin",
             method = %head.method,
@@ -170,7 +171,7 @@ impl OriginClient {
         );
         self.exchange(dialer, head, destination, send, body)
             .instrument(span)
-            .await;
+            .await
     }
 
     async fn exchange<S: SendStream, R: RecvStream>(
@@ -180,7 +181,7 @@ impl OriginClient {
         destination: Destination,
         mut send: S,
         body: Buffered<R>,
-    ) {
+    ) -> StreamEnd {
         let origin = match Endpoint::new(&head, &destination) {
             Ok(origin) => origin,
             Err(error) => return refuse(&mut send, error).await,
@@ -198,18 +199,18 @@ impl OriginClient {
         let outcome = tokio::select! {
             outcome = self.request(dialer, &origin, request, &mut upload) => outcome,
             code = send.stopped() => {
-                debug!(?code, "edge cancelled the exchange before the response head");
                 send.reset(RESET_CANCELLED);
-                return;
+                return StreamEnd::cancelled(format!(
+                    "the edge cancelled the exchange before the response head ({code:?})"
+                ));
             }
         };
         let (response, lease) = match outcome {
             Ok(pair) => pair,
             Err(Failure::Reply(error)) => return refuse(&mut send, error).await,
             Err(Failure::Aborted(reason)) => {
-                debug!(%reason, "request body aborted by the edge");
                 send.reset(RESET_CANCELLED);
-                return;
+                return StreamEnd::cancelled(format!("request body aborted by the edge: {reason}"));
             }
         };
         let (parts, body) = response.into_parts();
@@ -221,11 +222,13 @@ impl OriginClient {
         });
         if let Err(err) = write_frame(&mut send, &reply).await {
             // Dropping the body and the connection handle closes an HTTP/1.1 connection.
-            debug!(error = %err, "edge gone before the response head was written");
-            return;
+            return StreamEnd::cancelled(format!(
+                "the edge went away before the response head was written: {err}"
+            ));
         }
-        match stream_body(&mut send, body, &mut upload).await {
-            Ok(bytes) => {
+        let mut from_origin = 0;
+        let ending = match stream_body(&mut send, body, &mut upload, &mut from_origin).await {
+            Ok(()) => {
                 // Finish first: the edge gets the end of the response without waiting for
                 // the origin connection to be ready for reuse. Already reset by the peer, or
                 // the connection is gone: nothing to do.
@@ -234,18 +237,29 @@ impl OriginClient {
                     self.release(origin.key.clone(), sender, upload.is_done())
                         .await;
                 }
-                debug!(status, bytes, "exchange complete");
+                debug!(status, bytes = from_origin, "exchange complete");
+                Ending::Done
             }
             Err(BodyEnd::Cancelled(reason)) => {
                 drop(lease);
-                debug!(status, %reason, "exchange cancelled during the response body");
                 send.reset(RESET_CANCELLED);
+                Ending::Cancelled(format!(
+                    "during the response body (status {status}): {reason}"
+                ))
             }
             Err(BodyEnd::Origin(err)) => {
                 drop(lease);
-                debug!(status, error = %error_chain(&err), "origin response body failed");
                 send.reset(RESET_INTERNAL);
+                Ending::Aborted(format!(
+                    "the origin's response body (status {status}) failed: {}",
+                    error_chain(&err)
+                ))
             }
+        };
+        StreamEnd {
+            ending,
+            to_origin: upload.sent(),
+            from_origin,
         }
     }
 
@@ -432,8 +446,8 @@ async fn stream_body<S: SendStream>(
     send: &mut S,
     mut body: Incoming,
     upload: &mut UploadWatch,
-) -> Result<u64, BodyEnd> {
-    let mut sent = 0u64;
+    sent: &mut u64,
+) -> Result<(), BodyEnd> {
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -448,7 +462,7 @@ async fn stream_body<S: SendStream>(
             }
         };
         match frame {
-            None => return Ok(sent),
+            None => return Ok(()),
             Some(Err(err)) => return Err(BodyEnd::Origin(err)),
             Some(Ok(frame)) => {
                 // Trailers have no place on the stream; they are dropped.
@@ -458,10 +472,11 @@ async fn stream_body<S: SendStream>(
                 if data.is_empty() {
                     continue;
                 }
-                sent += data.len() as u64;
+                let len = data.len() as u64;
                 send.write_chunk(data)
                     .await
                     .map_err(|err| BodyEnd::Cancelled(err.to_string()))?;
+                *sent += len;
             }
         }
     }
@@ -572,11 +587,15 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Answer with a Proxy-Status error and finish the stream.
-async fn refuse<S: SendStream>(send: &mut S, error: ProxyErrorReply) {
-    debug!(status = %error.status, details = %error.details, "origin exchange failed");
-    if write_frame(send, &StreamReply::Error(error)).await.is_ok() {
+/// Answer with a Proxy-Status error and finish the stream; the stream ends refused.
+async fn refuse<S: SendStream>(send: &mut S, error: ProxyErrorReply) -> StreamEnd {
+    // A refusal is rare and small: the copy keeps the error for the stream's log line.
+    if write_frame(send, &StreamReply::Error(error.clone()))
+        .await
+        .is_ok()
+    {
         // The edge may already be gone; nothing more to tell it.
         let _ = send.finish();
     }
+    StreamEnd::refused(error)
 }

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -263,6 +264,9 @@ pub(crate) struct WatchedBody<B> {
     inner: B,
     sent: u64,
     progress: watch::Sender<Upload>,
+    /// Bytes handed to the origin connection, read by the [`UploadWatch`] after the body is
+    /// gone.
+    total: Arc<AtomicU64>,
 }
 
 /// Wrap `body`; the receiver follows its progress.
@@ -276,15 +280,18 @@ where
         Upload::Sending(0)
     };
     let (progress, receiver) = watch::channel(initial);
+    let total = Arc::new(AtomicU64::new(0));
     let body = WatchedBody {
         inner: body,
         sent: 0,
         progress,
+        total: total.clone(),
     };
     (
         body.boxed_unsync(),
         UploadWatch {
             receiver: Some(receiver),
+            total,
         },
     )
 }
@@ -306,6 +313,7 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 self.sent += len;
+                self.total.fetch_add(len, Ordering::Relaxed);
                 Upload::Sending(self.sent)
             }
             Poll::Ready(None) => Upload::Done(self.sent),
@@ -327,12 +335,21 @@ where
 /// Follows a [`WatchedBody`].
 pub(crate) struct UploadWatch {
     receiver: Option<watch::Receiver<Upload>>,
+    total: Arc<AtomicU64>,
 }
 
 impl UploadWatch {
     /// A watch that never reports anything (a request without a body stream).
     pub(crate) fn none() -> Self {
-        UploadWatch { receiver: None }
+        UploadWatch {
+            receiver: None,
+            total: Arc::default(),
+        }
+    }
+
+    /// Body bytes handed to the origin connection so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// The next change of the upload. Once the body is gone (sent or dropped) and its last
@@ -381,6 +398,7 @@ mod tests {
             headers: Vec::new(),
             origin: underpass_proto::Origin::Dial(DialTarget::new(Host::Name("x".into()), 1)),
             body: BodyKind::Empty,
+            request_id: underpass_proto::RequestId(1),
         }
     }
 

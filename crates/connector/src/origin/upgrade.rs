@@ -20,6 +20,7 @@ use underpass_transport::{RecvStream, SendStream, StreamError};
 use super::target::{self, Endpoint, UploadWatch};
 use super::{refuse, Failure, HeadError, OriginClient};
 use crate::dial::Dialer;
+use crate::outcome::{Ending, StreamEnd};
 
 /// Bytes asked of an upgraded TLS connection per read.
 const SPLICE_READ: usize = 64 * 1024;
@@ -33,7 +34,7 @@ pub(super) async fn serve<S: SendStream, R: RecvStream>(
     head: &HttpRequestHead,
     mut send: S,
     recv: Buffered<R>,
-) {
+) -> StreamEnd {
     let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
     let mut request = match target::build_request(head, origin, body, true) {
         Ok(request) => request,
@@ -59,18 +60,18 @@ pub(super) async fn serve<S: SendStream, R: RecvStream>(
     let outcome = tokio::select! {
         outcome = exchange => outcome,
         code = send.stopped() => {
-            debug!(?code, "edge cancelled the upgrade before the response head");
             send.reset(RESET_CANCELLED);
-            return;
+            return StreamEnd::cancelled(format!(
+                "the edge cancelled the upgrade before the response head ({code:?})"
+            ));
         }
     };
     let (mut response, sender) = match outcome {
         Ok(pair) => pair,
         Err(Failure::Reply(error)) => return refuse(&mut send, error).await,
         Err(Failure::Aborted(reason)) => {
-            debug!(%reason, "upgrade aborted by the edge");
             send.reset(RESET_CANCELLED);
-            return;
+            return StreamEnd::cancelled(format!("upgrade aborted by the edge: {reason}"));
         }
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -84,9 +85,8 @@ pub(super) async fn serve<S: SendStream, R: RecvStream>(
     let upgraded = tokio::select! {
         upgraded = hyper::upgrade::on(&mut response) => upgraded,
         code = send.stopped() => {
-            debug!(?code, "edge cancelled the upgrade");
             send.reset(RESET_CANCELLED);
-            return;
+            return StreamEnd::cancelled(format!("the edge cancelled the upgrade ({code:?})"));
         }
     };
     drop(sender);
@@ -106,20 +106,14 @@ pub(super) async fn serve<S: SendStream, R: RecvStream>(
         body: BodyKind::Upgrade,
     });
     if let Err(err) = write_frame(&mut send, &reply).await {
-        debug!(error = %err, "edge gone before the 101 was written");
-        return;
+        return StreamEnd::cancelled(format!("the edge went away before the 101: {err}"));
     }
     // A plain connection goes to the socket pipe (idle pipes hold no buffer); bytes hyper
     // read past the 101 are the origin's first bytes of the new protocol and go first.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let stats = pipe_tcp(parts.io.into_inner(), Some(parts.read_buf), send, recv).await;
-            debug!(
-                up = stats.socket_to_stream,
-                down = stats.stream_to_socket,
-                outcome = ?stats.outcome,
-                "upgraded exchange ended"
-            );
+            StreamEnd::from_pipe(stats)
         }
         Err(upgraded) => splice(TokioIo::new(upgraded), send, recv).await,
     }
@@ -133,7 +127,7 @@ enum SpliceError {
 /// Splice any connection (TLS) with the stream both ways until both directions end or one
 /// fails. The origin's EOF finishes the stream; the stream's end shuts down the connection's
 /// write side (TLS `close_notify`); a failure tears both down.
-async fn splice<T, S, R>(io: T, mut send: S, mut recv: R)
+async fn splice<T, S, R>(io: T, mut send: S, mut recv: R) -> StreamEnd
 where
     T: AsyncRead + AsyncWrite + Send + Unpin,
     S: SendStream,
@@ -168,13 +162,25 @@ where
         }
     };
     let result = tokio::try_join!(up, down);
-    if let Err(err) = &result {
-        send.reset(RESET_CANCELLED);
-        recv.stop(RESET_CANCELLED);
-        match err {
-            SpliceError::Io(err) => debug!(error = %err, "upgraded origin connection failed"),
-            SpliceError::Stream(err) => debug!(error = %err, "upgraded stream aborted"),
+    let ending = match result {
+        Ok(_) => Ending::Done,
+        Err(err) => {
+            send.reset(RESET_CANCELLED);
+            recv.stop(RESET_CANCELLED);
+            match err {
+                SpliceError::Io(err) => {
+                    Ending::Aborted(format!("upgraded origin connection failed: {err}"))
+                }
+                SpliceError::Stream(err) => {
+                    Ending::Cancelled(format!("upgraded stream aborted: {err}"))
+                }
+            }
         }
-    }
+    };
     debug!(up = up_bytes, down = down_bytes, "upgraded exchange ended");
+    StreamEnd {
+        ending,
+        to_origin: down_bytes,
+        from_origin: up_bytes,
+    }
 }

@@ -2,63 +2,67 @@
 //! `tcp_port`), dial it through the [`Dialer`](crate::dial::Dialer), answer, then pipe bytes
 //! both ways with true half-close.
 
-use tracing::{debug, info, Span};
+use tracing::{debug, Span};
 use underpass_mux::{pipe_tcp, IncomingStream};
 use underpass_proto::{DialTarget, Origin, ProxyErrorReply, ProxyStatus, StreamReply, TcpConnect};
 use underpass_transport::{Connection, SendStream};
 
-use super::context::{refuse, service_policy, StreamContext};
+use super::context::{refuse, service_policy, StreamSettings};
+use crate::outcome::StreamEnd;
 use crate::policy::{Policies, ServiceOrigin};
 
 /// Dial, answer, pipe.
 pub(super) async fn serve<C: Connection>(
     mut incoming: IncomingStream<C>,
     connect: TcpConnect,
-    context: &StreamContext,
+    settings: &StreamSettings,
     policies: &Policies,
-) {
+) -> StreamEnd {
     let target = match connect.origin {
         Origin::Dial(target) => Ok(target),
         Origin::Service(service) => {
-            match service_policy(&mut incoming.send, policies, service, context).await {
+            let limit = settings.header_timeout;
+            let target = match service_policy(&mut incoming.send, policies, service, limit).await {
                 Ok(service) => service_target(&service),
                 Err(Some(refusal)) => Err(refusal),
-                Err(None) => return,
-            }
+                Err(None) => return StreamEnd::cancelled("the edge abandoned the stream"),
+            };
+            // The stream's span names a dial target's destination from the start; a
+            // service's is known now.
+            match &target {
+                Ok(target) => Span::current().record("dest", tracing::field::display(target)),
+                Err(_) => Span::current().record(
+                    "dest",
+                    tracing::field::display(format_args!("service:{}", hex::encode(service.id.0))),
+                ),
+            };
+            target
         }
     };
     let target = match target {
         Ok(target) => target,
-        Err(ProxyErrorReply { status, details }) => {
-            info!(%status, %details, "connect refused");
-            return refuse(incoming, status, details).await;
-        }
+        Err(refusal) => return refuse(incoming, refusal).await,
     };
-    Span::current().record("dest", tracing::field::display(&target));
     // If the edge gives up on the stream (its client went away) the dial is abandoned.
     let dialed = tokio::select! {
-        dialed = context.dialer.dial(&target) => dialed,
+        dialed = settings.dialer.dial(&target) => dialed,
         _ = incoming.send.stopped() => {
-            debug!("edge abandoned the stream while dialing");
-            return;
+            return StreamEnd::cancelled("the edge abandoned the stream while it was dialing");
         }
     };
     let socket = match dialed {
         Ok(socket) => socket,
-        Err(ProxyErrorReply { status, details }) => {
-            info!(%status, %details, "connect refused");
-            return refuse(incoming, status, details).await;
-        }
+        Err(refusal) => return refuse(incoming, refusal).await,
     };
     let origin = socket.peer_addr().ok();
     if let Err(error) = incoming.reply(&StreamReply::TcpAccepted).await {
-        debug!(%error, "edge went away before the connect was accepted");
-        return;
+        return StreamEnd::cancelled(format!(
+            "the edge went away before the connect was accepted: {error}"
+        ));
     }
     debug!(origin = ?origin, "connected; piping");
     let (send, recv) = incoming.into_parts();
-    // pipe_tcp logs what went through and how it ended.
-    pipe_tcp(socket, None, send, recv).await;
+    StreamEnd::from_pipe(pipe_tcp(socket, None, send, recv).await)
 }
 
 /// A TCP service's host and `tcp_port`. An HTTP service has none: `connect()` to it is

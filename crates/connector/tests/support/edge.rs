@@ -78,10 +78,12 @@ impl TestEdge {
         }
     }
 
-    /// A connector config for this edge with no route: fast reconnects, names resolved by a
-    /// server that never answers (127.0.0.1:9, discard).
+    /// A connector config for this edge with no route: one connection (this edge accepts
+    /// them one by one), fast reconnects, names resolved by a server that never answers
+    /// (127.0.0.1:9, discard).
     pub fn bare_config(&self) -> ConnectorConfigBuilder {
         ConnectorConfig::builder(self.token())
+            .connections(1)
             .resolvers(&["127.0.0.1:9".parse().expect("address")])
             .reconnect(Duration::from_millis(10), Duration::from_millis(50))
     }

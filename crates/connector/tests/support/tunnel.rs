@@ -235,6 +235,7 @@ pub fn get(authority: impl Into<String>, path: &str) -> HttpRequestHead {
         headers: Vec::new(),
         origin: Origin::Dial(target),
         body: BodyKind::Empty,
+        request_id: underpass_proto::RequestId(7),
     }
 }
 

@@ -59,6 +59,56 @@ pub struct EdgeConfig {
     /// The binary's async runtime.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// How new streams are placed on the tunnel's connectors (`[routing]`).
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// The admin listener (`[admin]`): health, readiness, metrics, tunnel status. Off unless
+    /// `listen` is set.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// How `serve` writes its logs (`"text"` or `"json"`); `--log-format` overrides it.
+    #[serde(default)]
+    pub log_format: underpass_rt::LogFormat,
+}
+
+/// The admin listener (`[admin]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// TCP address of the admin HTTP listener (`127.0.0.1:20242` is the documented choice);
+    /// `None` (the default) runs none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Stream placement (`[routing]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// What to do with a destination no connector of the tunnel announced a route for.
+    pub unmatched: Unmatched,
+}
+
+/// What the edge does with a destination that no live connector of the tunnel announced a
+/// route covering (`[routing] unmatched`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Refuse it with a `Proxy-Status` (`destination_ip_prohibited` for an IP,
+    /// `destination_not_found` for a name) and log why at `info`. The default.
+    #[default]
+    Refuse,
+    /// Send it to any live connection of the tunnel anyway; its connector decides.
+    Any,
+}
+
+impl fmt::Display for Unmatched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unmatched::Refuse => "refuse",
+            Unmatched::Any => "any",
+        })
+    }
 }
 
 /// The `underpass-edge serve` runtime (`[runtime]`).
@@ -350,6 +400,9 @@ impl EdgeConfig {
             quic: QuicConfig::default(),
             timeouts: Timeouts::default(),
             runtime: RuntimeConfig::default(),
+            routing: RoutingConfig::default(),
+            admin: AdminConfig::default(),
+            log_format: underpass_rt::LogFormat::default(),
         }
     }
 
@@ -403,6 +456,10 @@ struct Outline {
     timeouts: Option<Spanned<Entry>>,
     #[serde(default)]
     runtime: Option<Spanned<Entry>>,
+    #[serde(default)]
+    routing: Option<Spanned<Entry>>,
+    #[serde(default)]
+    admin: Option<Spanned<Entry>>,
 }
 
 type Entry = BTreeMap<String, Spanned<toml::Value>>;
@@ -454,6 +511,8 @@ fn describe(text: &str, error: &toml::de::Error) -> String {
         ("quic", &outline.quic),
         ("timeouts", &outline.timeouts),
         ("runtime", &outline.runtime),
+        ("routing", &outline.routing),
+        ("admin", &outline.admin),
     ];
     for (table, entry) in tables {
         let Some(entry) = entry.as_ref().filter(|e| e.span().contains(&at)) else {

@@ -17,7 +17,7 @@ mod file;
 
 pub use error::ConfigError;
 pub use file::{
-    BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, NetworkConfig, QuicConfig,
-    RuntimeConfig, ServiceConfig, ServiceHost, ServiceKind, ServiceTls, Timeouts, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_NAME,
+    AdminConfig, BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, NetworkConfig,
+    QuicConfig, RoutingConfig, RuntimeConfig, ServiceConfig, ServiceHost, ServiceKind, ServiceTls,
+    Timeouts, Unmatched, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_NAME,
 };

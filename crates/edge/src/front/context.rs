@@ -1,20 +1,25 @@
-//! What every binding of an edge shares, the accept loop, and opening a stream on a picked
-//! connection.
+//! What every binding of an edge shares, the accept loop, placing a stream on a connection
+//! and opening it there, with one retry when that connection is lost before the connector
+//! answered.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, warn, Span};
 use underpass_mux::{open_tcp, Buffered, MuxError, OpenError};
-use underpass_proto::{Origin, ProxyStatus, TcpConnect};
+use underpass_proto::{Host, Origin, ProxyStatus, TcpConnect};
 use underpass_rt::Shutdown;
 use underpass_transport::{Connection, StreamError};
 
+use super::request::{Failure, RequestLog};
 use crate::model::{Binding, Directory, Tunnel};
-use crate::registry::{Picked, Registry};
+use crate::registry::{Destination, Leased, LeasedRecv, LeasedSend, NoPick, Picked, Registry};
 use crate::tunnels::TunnelStore;
 
 /// Pause after a failed `accept` (out of file descriptors, ...) before trying again.
@@ -32,6 +37,8 @@ pub(crate) struct FrontContext<C> {
     pub connect_timeout: Duration,
     /// Stopping and the tasks to wait for.
     pub shutdown: Shutdown,
+    /// Request counters and timings (`crate::metrics`).
+    pub metrics: Arc<crate::metrics::EdgeMetrics>,
 }
 
 impl<C: Connection> FrontContext<C> {
@@ -44,20 +51,150 @@ impl<C: Connection> FrontContext<C> {
             .ok_or_else(|| format!("binding {name} is no longer in the directory"))
     }
 
-    /// The binding's tunnel and a live connection of it, or why there is none (the details of
-    /// a `destination_unavailable`).
-    pub(crate) fn pick(&self, binding: &Binding) -> Result<(Tunnel, Picked<C>), String> {
+    /// The binding's tunnel and the connection a new stream to `destination` goes on (see
+    /// [`Registry::pick`]), never one of `exclude`; or why there is none.
+    pub(crate) fn pick(
+        &self,
+        binding: &Binding,
+        destination: &Destination,
+        exclude: &[u64],
+    ) -> Result<(Tunnel, Picked<C>), Failure> {
         let reference = binding.target.tunnel();
         let Some(tunnel) = self.tunnels.resolve(reference.as_str()) else {
             warn!(tunnel = %reference, "binding refers to a tunnel that does not exist");
-            return Err(format!("tunnel {reference} does not exist on this edge"));
+            return Err(Failure::new(
+                ProxyStatus::DestinationUnavailable,
+                format!("tunnel {reference} does not exist on this edge"),
+            ));
         };
-        let Some(picked) = self.registry.pick(&tunnel.id) else {
-            info!(tunnel = %tunnel.name, "no connector online");
-            return Err(format!("no connector online for tunnel {}", tunnel.name));
-        };
-        Ok((tunnel, picked))
+        match self
+            .registry
+            .pick(&tunnel.id, destination, exclude, self.registry.unmatched())
+        {
+            Ok(picked) => {
+                if !picked.matched {
+                    debug!(
+                        %destination,
+                        connection = picked.connection_id,
+                        "no connector announces a route for the destination; routing.unmatched \
+                         = \"any\" sends it to a connector anyway"
+                    );
+                }
+                Ok((tunnel, picked))
+            }
+            Err(NoPick::NoConnection) => Err(Failure::new(
+                ProxyStatus::DestinationUnavailable,
+                format!("no connector online for tunnel {}", tunnel.name),
+            )),
+            Err(NoPick::NoRoute { announced }) => Err(Failure {
+                status: unrouted_status(&destination.host),
+                details: format!(
+                    "no connector of tunnel {} announces a route for {destination}",
+                    tunnel.name
+                ),
+                note: Some(format!("connectors announce: {announced}")),
+            }),
+        }
     }
+
+    /// Open a TCP stream for `origin` (to `destination`) through a connection of the binding's
+    /// tunnel and wait for the connector's answer (up to `connect_timeout`). A connection lost
+    /// before the connector answered is retried once on another connection: no client byte
+    /// has been read yet, so nothing is lost. Records the connection in the current span's
+    /// `connection` field.
+    pub(crate) async fn open_tcp_stream(
+        &self,
+        binding: &Binding,
+        destination: &Destination,
+        origin: Origin,
+        log: &RequestLog,
+    ) -> Result<OpenedTcp<C>, Failure> {
+        let limit = self.connect_timeout;
+        let mut lost: Option<(u64, Failure)> = None;
+        loop {
+            let exclude: Vec<u64> = lost.iter().map(|(id, _)| *id).collect();
+            let picked = match self.pick(binding, destination, &exclude) {
+                Ok((_tunnel, picked)) => picked,
+                Err(failure) => return Err(retry_failed(lost, failure)),
+            };
+            Span::current().record("connection", picked.connection_id);
+            debug!(origin = ?origin, connection = picked.connection_id, "opening TCP stream");
+            let connect = TcpConnect {
+                origin: origin.clone(),
+                request_id: log.id,
+            };
+            match open_tcp_within(&picked.conn, connect, limit).await {
+                Ok((send, recv)) => {
+                    return Ok(OpenedTcp {
+                        send,
+                        recv,
+                        conn: picked.conn,
+                    })
+                }
+                Err(OpenError::Mux(error)) if lost.is_none() && is_connection_lost(&error) => {
+                    debug!(
+                        connection = picked.connection_id,
+                        %error,
+                        "connection lost before the connector answered; retrying once on another \
+                         connection"
+                    );
+                    let (status, details) = mux_error_status(error, limit);
+                    lost = Some((picked.connection_id, Failure::new(status, details)));
+                }
+                Err(error) => {
+                    let (status, details) = open_error_status(error, limit);
+                    return Err(Failure::new(status, details));
+                }
+            }
+        }
+    }
+}
+
+/// A TCP stream the connector accepted.
+pub(crate) struct OpenedTcp<C: Connection> {
+    /// Client bytes go here.
+    pub send: LeasedSend<C::Send>,
+    /// Origin bytes come from here.
+    pub recv: Buffered<LeasedRecv<C::Recv>>,
+    /// The connection it is on (to tell a lost connection from other failures).
+    pub conn: Leased<C>,
+}
+
+/// The Proxy-Status code for a destination no connector announced a route for: the codes the
+/// connector itself answers an unrouted destination with, so a client sees the same code
+/// whichever side refused (`destination_ip_prohibited` for an IP, `destination_not_found`
+/// for a name).
+fn unrouted_status(host: &Host) -> ProxyStatus {
+    match host {
+        Host::Ip(_) => ProxyStatus::DestinationIpProhibited,
+        Host::Name(_) => ProxyStatus::DestinationNotFound,
+    }
+}
+
+/// A retry found no connection: report the first failure (the lost connection), saying why
+/// it was not retried. Without a first failure, `failure` itself.
+pub(crate) fn retry_failed(lost: Option<(u64, Failure)>, failure: Failure) -> Failure {
+    match lost {
+        Some((_, mut first)) => {
+            first.details = format!("{}; not retried: {}", first.details, failure.details);
+            first
+        }
+        None => failure,
+    }
+}
+
+/// Whether a stream failed because its whole connection is gone.
+pub(crate) fn is_connection_lost(error: &MuxError) -> bool {
+    matches!(error, MuxError::Stream(StreamError::ConnectionLost(_)))
+}
+
+/// Whether `conn` is closed (lost or closed by either side), without waiting.
+pub(crate) fn is_closed<C: Connection>(conn: &C) -> bool {
+    let closed = pin!(conn.closed());
+    matches!(
+        closed.poll(&mut Context::from_waker(Waker::noop())),
+        Poll::Ready(_)
+    )
 }
 
 /// One accepted client connection's place under its binding's `max_connections`: released
@@ -118,21 +255,21 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Open a TCP stream to `origin` on `conn`, connector's answer included, within `limit`.
-/// `open_tcp` bounds the wait for the reply; the outer bound also covers waiting for stream
-/// credit. A stream abandoned part way is reset when dropped.
-pub(crate) async fn open_tcp_within<C: Connection>(
+/// Open a TCP stream on `conn`, connector's answer included, within `limit`. `open_tcp`
+/// bounds the wait for the reply; the outer bound also covers waiting for stream credit. A
+/// stream abandoned part way is reset when dropped.
+async fn open_tcp_within<C: Connection>(
     conn: &C,
-    origin: Origin,
+    connect: TcpConnect,
     limit: Duration,
 ) -> Result<(C::Send, Buffered<C::Recv>), OpenError> {
-    tokio::time::timeout(limit, open_tcp(conn, TcpConnect { origin }, limit))
+    tokio::time::timeout(limit, open_tcp(conn, connect, limit))
         .await
         .unwrap_or(Err(OpenError::Mux(MuxError::Timeout(limit))))
 }
 
 /// The Proxy-Status code and details for a stream that did not open.
-pub(crate) fn open_error_status(error: OpenError, limit: Duration) -> (ProxyStatus, String) {
+fn open_error_status(error: OpenError, limit: Duration) -> (ProxyStatus, String) {
     match error {
         OpenError::Refused(reply) => (reply.status, reply.details),
         OpenError::Mux(error) => mux_error_status(error, limit),
@@ -144,7 +281,8 @@ pub(crate) fn open_error_status(error: OpenError, limit: Duration) -> (ProxyStat
 }
 
 /// The Proxy-Status code and details for a stream that failed before the connector answered.
-/// A frame this edge cannot encode is its own fault: `proxy_internal_error`.
+/// A stream cut before the answer (its connection lost, or reset) is `connection_terminated`;
+/// a frame this edge cannot encode is its own fault: `proxy_internal_error`.
 pub(crate) fn mux_error_status(error: MuxError, limit: Duration) -> (ProxyStatus, String) {
     match error {
         MuxError::Timeout(_) => (
@@ -155,7 +293,7 @@ pub(crate) fn mux_error_status(error: MuxError, limit: Duration) -> (ProxyStatus
             ),
         ),
         MuxError::Stream(error) => (
-            ProxyStatus::DestinationUnavailable,
+            ProxyStatus::ConnectionTerminated,
             format!(
                 "the stream to the connector failed: {}",
                 stream_error_text(&error)
@@ -179,7 +317,9 @@ pub(crate) fn mux_error_status(error: MuxError, limit: Duration) -> (ProxyStatus
 fn stream_error_text(error: &StreamError) -> String {
     match error {
         // The connection-loss reason can be long and technical; keep the header short.
-        StreamError::ConnectionLost(_) => "connection to the connector lost".into(),
+        StreamError::ConnectionLost(_) => {
+            "the connection to the connector was lost before it answered".into()
+        }
         other => other.to_string(),
     }
 }

@@ -9,24 +9,35 @@
 //! `Host` and SNI and its port is ignored. A VPC Network binding dials the URL's host and port.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
-use tracing::{debug, info_span, Instrument};
-use underpass_mux::http::{body_kind, headers_to_wire, send_body, wire_to_headers, RecvBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use tracing::{debug, Span};
+use underpass_mux::http::{
+    body_kind, headers_to_wire, send_body, wire_to_headers, BodyError, RecvBody,
+};
 use underpass_mux::{open_http, MuxError};
 use underpass_proto::{
-    BodyKind, DialTarget, Host, HttpRequestHead, Origin, ProxyStatus, Scheme, StreamReply,
-    RESET_CANCELLED,
+    BodyKind, DialTarget, Host, HttpRequestHead, Origin, ProxyStatus, RequestId, Scheme,
+    StreamReply, RESET_CANCELLED,
 };
-use underpass_transport::{Connection, SendStream};
+use underpass_transport::{Connection, SendStream, StreamError};
 
-use super::context::{mux_error_status, FrontContext, Slot};
-use super::response::{empty, error_response, error_response_with, FetchBody};
+use super::context::{
+    is_closed, is_connection_lost, mux_error_status, retry_failed, FrontContext, Slot,
+};
+use super::request::{Failure, RequestLog};
+use super::response::{empty, FetchBody};
 use super::splice::splice_upgrade;
 use crate::model::{Binding, BindingTarget};
+use crate::registry::Destination;
 
 /// The shortest wait for the connector's answer to a `fetch()`, counted from the end of the
 /// request body (an origin answers an upload only once it has all of it, however long the
@@ -40,51 +51,65 @@ pub(super) async fn handle<C: Connection>(
     binding: &Binding,
     context: &FrontContext<C>,
     slot: Slot,
+    mut log: RequestLog,
 ) -> Response<FetchBody> {
     let url = match parse_absolute(request.uri()) {
         Ok(url) => url,
         Err(details) => {
             debug!(method = %request.method(), uri = %request.uri(), "refused a request");
-            return error_response_with(
+            return log.respond_with(
                 StatusCode::BAD_REQUEST,
-                ProxyStatus::HttpRequestError,
-                &details,
+                Failure::new(ProxyStatus::HttpRequestError, details),
             );
         }
     };
     if let BindingTarget::Service(service) = &binding.target {
         if service.is_tcp() {
-            return error_response_with(
+            return log.respond_with(
                 StatusCode::METHOD_NOT_ALLOWED,
-                ProxyStatus::HttpRequestDenied,
-                &format!(
-                    "service {} is a TCP service: use connect(), not fetch()",
-                    service.name
+                Failure::new(
+                    ProxyStatus::HttpRequestDenied,
+                    format!(
+                        "service {} is a TCP service: use connect(), not fetch()",
+                        service.name
+                    ),
                 ),
             );
         }
     }
-    let (tunnel, picked) = match context.pick(binding) {
-        Ok(pair) => pair,
-        Err(details) => return error_response(ProxyStatus::DestinationUnavailable, &details),
-    };
-    let span = info_span!(
-        "fetch",
-        tunnel = %tunnel.name,
-        connection = picked.connection_id,
-        method = %request.method(),
-        uri = %request.uri(),
-    );
+    let destination = fetch_destination(&binding.target, &url);
+    match &binding.target {
+        BindingTarget::Service(service) => {
+            log.set_destination(format!("service {} at {destination}", service.name))
+        }
+        BindingTarget::Network(_) => log.set_destination(destination.to_string()),
+    }
     let exchange = Exchange {
-        target: &binding.target,
+        binding,
         url,
+        destination,
         context,
         slot,
+        log,
     };
-    exchange
-        .forward(&picked.conn, request)
-        .instrument(span)
-        .await
+    exchange.forward(request).await
+}
+
+/// Where a `fetch()` goes, for placement: the URL's host and port for a network, the
+/// service's host and the port of the scheme it uses for a service.
+fn fetch_destination(target: &BindingTarget, url: &AbsoluteTarget) -> Destination {
+    match target {
+        BindingTarget::Network(_) => Destination {
+            host: url.host.clone(),
+            port: url.port.unwrap_or_else(|| default_port(url.scheme)),
+        },
+        BindingTarget::Service(service) => Destination {
+            host: service.host.clone(),
+            port: service
+                .port(url.scheme)
+                .unwrap_or_else(|| default_port(url.scheme)),
+        },
+    }
 }
 
 /// The parts of an absolute-form request target.
@@ -170,6 +195,7 @@ fn request_head(
     headers: &http::HeaderMap,
     body: BodyKind,
     upgrade: bool,
+    request_id: RequestId,
 ) -> HttpRequestHead {
     let (scheme, origin) = match target {
         BindingTarget::Network(_) => {
@@ -206,6 +232,7 @@ fn request_head(
         headers: headers_to_wire(headers, upgrade),
         origin,
         body: if upgrade { BodyKind::Upgrade } else { body },
+        request_id,
     }
 }
 
@@ -223,72 +250,149 @@ fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 
 /// One `fetch()` on its way to a connector.
 struct Exchange<'a, C> {
-    target: &'a BindingTarget,
+    binding: &'a Binding,
     url: AbsoluteTarget,
+    destination: Destination,
     context: &'a FrontContext<C>,
     /// Kept by an upgrade's pipe: the client connection stays counted while it runs.
     slot: Slot,
+    log: RequestLog,
+}
+
+/// The request body while none of it has been sent: the pump of the current attempt takes it
+/// out with its first frame; a retry takes it back if the pump has not.
+type UnsentBody = Arc<Mutex<Option<Incoming>>>;
+
+/// How one attempt on one connection ended.
+enum Attempt {
+    /// The client's response: the origin's, or the connector's refusal.
+    Answered(Response<FetchBody>),
+    /// The connection was lost before the connector answered.
+    Lost(Failure),
+    /// Anything else that failed before the answer.
+    Failed(Failure),
 }
 
 impl<C: Connection> Exchange<'_, C> {
-    /// Forward the request over `conn` and build the client's response. The stream carries
-    /// the connection's lease, so the connection counts as busy until the response body (or
-    /// the upload, or the upgrade's pipe) is done.
-    async fn forward<L: Connection>(
-        self,
-        conn: &L,
-        mut req: Request<Incoming>,
-    ) -> Response<FetchBody> {
-        let shutdown = &self.context.shutdown;
+    /// Forward the request and build the client's response. A connection lost before the
+    /// connector answered is retried once on another connection when nothing of the request
+    /// body has been taken from the client yet (no body, an upgrade, or a body not started);
+    /// otherwise the client gets `502 connection_terminated`. Streams carry their
+    /// connection's lease, so the connection counts as busy until the response body (or the
+    /// upload, or the upgrade's pipe) is done.
+    async fn forward(mut self, mut req: Request<Incoming>) -> Response<FetchBody> {
         let upgrade = is_upgrade_request(&req);
         let kind = body_kind(&req.body().size_hint(), req.body().is_end_stream());
-        let head = request_head(
-            self.target,
-            self.url,
-            req.method(),
-            req.headers(),
-            kind,
-            upgrade,
-        );
-        debug!(method = %head.method, authority = %head.authority, path = %head.path, "fetch");
+        let mut on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut body = (!upgrade && kind != BodyKind::Empty).then_some(body);
         let limit = self.context.connect_timeout.max(MIN_REPLY_TIMEOUT);
+        let mut lost: Option<(u64, Failure)> = None;
+        loop {
+            let exclude: Vec<u64> = lost.iter().map(|(id, _)| *id).collect();
+            let picked = match self.context.pick(self.binding, &self.destination, &exclude) {
+                Ok((_tunnel, picked)) => picked,
+                Err(failure) => return self.log.respond(retry_failed(lost, failure)),
+            };
+            Span::current().record("connection", picked.connection_id);
+            let head = request_head(
+                &self.binding.target,
+                self.url.clone(),
+                &parts.method,
+                &parts.headers,
+                kind,
+                upgrade,
+                self.log.id,
+            );
+            debug!(
+                method = %head.method,
+                authority = %head.authority,
+                path = %head.path,
+                connection = picked.connection_id,
+                "fetch"
+            );
+            let unsent: Option<UnsentBody> = body.take().map(|b| Arc::new(Mutex::new(Some(b))));
+            let attempt = self
+                .attempt(&picked.conn, head, unsent.clone(), &mut on_upgrade, limit)
+                .await;
+            match attempt {
+                Attempt::Answered(response) => return response,
+                Attempt::Lost(failure) if lost.is_none() => {
+                    // Safe to retry only if the client's body is still whole.
+                    body = unsent.as_ref().and_then(|u| lock(u).take());
+                    if unsent.is_some() && body.is_none() {
+                        return self.log.respond(Failure::new(
+                            ProxyStatus::ConnectionTerminated,
+                            format!(
+                                "{}; not retried: part of the request body was already sent",
+                                failure.details
+                            ),
+                        ));
+                    }
+                    debug!(
+                        connection = picked.connection_id,
+                        "connection lost before the connector answered; retrying once on another \
+                         connection"
+                    );
+                    lost = Some((picked.connection_id, failure));
+                }
+                Attempt::Lost(failure) | Attempt::Failed(failure) => {
+                    return self.log.respond(failure)
+                }
+            }
+        }
+    }
+
+    /// One attempt on `conn`: send the head (and start the body), wait for the answer.
+    async fn attempt<L: Connection + Clone + Send + Sync + 'static>(
+        &mut self,
+        conn: &L,
+        head: HttpRequestHead,
+        unsent: Option<UnsentBody>,
+        on_upgrade: &mut Option<OnUpgrade>,
+        limit: Duration,
+    ) -> Attempt {
+        let shutdown = &self.context.shutdown;
         let (mut send, mut reader) = match open_http(conn, head).await {
             Ok(pair) => pair,
             Err(error) => {
+                let lost = is_connection_lost(&error);
                 let (status, details) = mux_error_status(error, limit);
-                return error_response(status, &details);
+                let failure = Failure::new(status, details);
+                return if lost {
+                    Attempt::Lost(failure)
+                } else {
+                    Attempt::Failed(failure)
+                };
             }
         };
         // For an upgrade the client's connection comes later (after the 101) and the send half
         // waits for it; otherwise the body is pumped in its own tracked task.
-        let mut upgrade_parts = None;
+        let mut upgrade_send = None;
         // With an upload: resolves once the request body has been sent (or has failed).
         let mut body_sent = None;
-        if upgrade {
-            upgrade_parts = Some((hyper::upgrade::on(&mut req), send));
-        } else if kind == BodyKind::Empty {
+        // Stops the upload unless disarmed: when this attempt ends without the origin's
+        // answer (lost, failed, refused), the client's body is of no use any more, and
+        // dropping it lets the client connection close.
+        let mut abandon = Abandon(None);
+        if on_upgrade.is_some() {
+            upgrade_send = Some(send);
+        } else if let Some(unsent) = unsent {
+            let (uploading, sent) = tokio::sync::oneshot::channel::<()>();
+            body_sent = Some(sent);
+            let (abandon_tx, abandoned) = tokio::sync::oneshot::channel::<()>();
+            abandon.0 = Some(abandon_tx);
+            let forced = shutdown.forced();
+            shutdown.spawn(async move {
+                pump_body(unsent, send, forced, abandoned).await;
+                drop(uploading);
+            });
+        } else {
             // No body (most GETs): finish now, so the FIN leaves in the header's packet and no
             // task is spawned. If the stream is already gone, reading the reply says so.
             if let Err(err) = send.finish() {
                 debug!(error = %err, "stream closed before the request was finished");
             }
-        } else {
-            let body = req.into_body();
-            let forced = shutdown.forced();
-            let (uploading, sent) = tokio::sync::oneshot::channel::<()>();
-            body_sent = Some(sent);
-            shutdown.spawn(async move {
-                // A client that goes away mid-upload makes the body fail: send_body resets
-                // the stream so the connector aborts the origin request. Cut by the end of
-                // the grace period, the send half is dropped unfinished, which resets it.
-                tokio::select! {
-                    sent = send_body(body, &mut send) => if let Err(err) = sent {
-                        debug!(error = %err, "request body ended early");
-                    },
-                    () = forced => debug!("grace period over; upload cut"),
-                }
-                drop(uploading);
-            });
         }
         let deadline = async {
             if let Some(sent) = body_sent {
@@ -305,25 +409,39 @@ impl<C: Connection> Exchange<'_, C> {
             Ok(reply) => reply,
             Err(err) => {
                 reader.stop(RESET_CANCELLED);
-                let status = match err {
-                    MuxError::Timeout(_) => ProxyStatus::ConnectionReadTimeout,
-                    _ => ProxyStatus::ConnectionTerminated,
+                return match err {
+                    MuxError::Timeout(_) => Attempt::Failed(Failure::new(
+                        ProxyStatus::ConnectionReadTimeout,
+                        format!("no answer from the connector: {err}"),
+                    )),
+                    err if is_connection_lost(&err) => Attempt::Lost(Failure::new(
+                        ProxyStatus::ConnectionTerminated,
+                        "the connection to the connector was lost before it answered",
+                    )),
+                    err => Attempt::Failed(Failure::new(
+                        ProxyStatus::ConnectionTerminated,
+                        format!("no answer from the connector: {err}"),
+                    )),
                 };
-                return error_response(status, &format!("no answer from the connector: {err}"));
             }
         };
         let head = match reply {
-            StreamReply::Error(refusal) => return error_response(refusal.status, &refusal.details),
+            StreamReply::Error(refusal) => {
+                return Attempt::Answered(
+                    self.log
+                        .respond(Failure::new(refusal.status, refusal.details)),
+                )
+            }
             StreamReply::TcpAccepted => {
                 reader.stop(RESET_CANCELLED);
-                return error_response(
+                return Attempt::Failed(Failure::new(
                     ProxyStatus::ProxyInternalError,
                     "connector answered an HTTP request with a TCP reply",
-                );
+                ));
             }
             StreamReply::Http(head) => head,
         };
-        if let Some((on_upgrade, mut send)) = upgrade_parts {
+        if let (Some(mut send), Some(upgrade)) = (upgrade_send, on_upgrade.take()) {
             if head.status == 101 {
                 let mut response = Response::new(empty());
                 *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -332,12 +450,17 @@ impl<C: Connection> Exchange<'_, C> {
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 let recv = reader.into_body();
-                let (pipe_shutdown, slot) = (shutdown.clone(), self.slot);
+                let (pipe_shutdown, slot) = (shutdown.clone(), self.slot.clone());
+                let (log, conn) = (self.log.clone(), conn.clone());
                 shutdown.spawn(async move {
-                    splice_upgrade(on_upgrade, send, recv, &pipe_shutdown).await;
+                    let ended = splice_upgrade(upgrade, send, recv, &pipe_shutdown).await;
+                    if let Some(stats) = ended {
+                        log.pipe_ended(&stats, is_closed(&conn), pipe_shutdown.is_forced());
+                    }
                     drop(slot);
                 });
-                return response;
+                abandon.disarm();
+                return Attempt::Answered(response);
             }
             // The origin declined the upgrade: the request had no body, end it cleanly.
             if let Err(err) = send.finish() {
@@ -348,19 +471,186 @@ impl<C: Connection> Exchange<'_, C> {
             Ok(status) if head.status >= 200 || head.status == 101 => status,
             _ => {
                 reader.stop(RESET_CANCELLED);
-                return error_response(
+                return Attempt::Failed(Failure::new(
                     ProxyStatus::HttpProtocolError,
-                    &format!("origin answered with status {}", head.status),
-                );
+                    format!("origin answered with status {}", head.status),
+                ));
             }
         };
         // The body holds the stream's receiving half, and with it the connection's lease,
-        // until the client has read the last byte or gone away.
-        let body = RecvBody::new(reader.into_body(), head.body);
+        // until the client has read the last byte or gone away. A body cut by a lost
+        // connection or a reset fails, so hyper aborts the client connection: the client sees
+        // an incomplete body, never a clean end.
+        let body = LoggedBody {
+            inner: RecvBody::new(reader.into_body(), head.body),
+            log: Some(self.log.clone()),
+        };
         let mut response = Response::new(body.map_err(|e| e.into()).boxed_unsync());
         *response.status_mut() = status;
         *response.headers_mut() = wire_to_headers(&head.headers);
-        response
+        abandon.disarm();
+        Attempt::Answered(response)
+    }
+}
+
+/// Tells an attempt's upload to stop when dropped, unless disarmed.
+struct Abandon(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Abandon {
+    /// The upload goes on (the origin answered; it may still be reading the body).
+    fn disarm(&mut self) {
+        // Dropping the sender unsent never stops the upload.
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(abandon) = self.0.take() {
+            let _ = abandon.send(());
+        }
+    }
+}
+
+fn lock(unsent: &UnsentBody) -> MutexGuard<'_, Option<Incoming>> {
+    // Nothing panics while the lock is held, but a poisoned lock still holds a usable body.
+    unsent.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Send the request body on `send`. The first frame is taken out of `unsent` under its lock
+/// together with the body, so a retry either gets the whole body back or none of it. The pump
+/// gives up without taking anything when the stream ends first (its connection lost, the
+/// connector stopped it) or the grace period is over.
+async fn pump_body<S: SendStream>(
+    unsent: UnsentBody,
+    mut send: S,
+    forced: impl std::future::Future<Output = ()>,
+    mut abandoned: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut forced = std::pin::pin!(forced);
+    let first = std::future::poll_fn(|cx| {
+        let mut guard = lock(&unsent);
+        let Some(body) = guard.as_mut() else {
+            // Taken back for a retry.
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(guard.take().map(|body| (frame, body))),
+        }
+    });
+    let first = tokio::select! {
+        first = first => first,
+        stopped = send.stopped() => {
+            debug!(stopped = ?stopped, "the stream ended before the request body started");
+            return;
+        }
+        Ok(()) = &mut abandoned => return,
+        () = &mut forced => return,
+    };
+    let Some((frame, body)) = first else {
+        return;
+    };
+    let upload = async {
+        match frame {
+            None => send.finish().map(drop).map_err(BodyError::from),
+            Some(Err(error)) => {
+                send.reset(RESET_CANCELLED);
+                Err(BodyError::Source(error.to_string()))
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        send.write_chunk(data).await?;
+                    }
+                }
+                send_body(body, &mut send).await.map(drop)
+            }
+        }
+    };
+    // A client that goes away mid-upload makes the body fail: the stream is reset so the
+    // connector aborts the origin request. Cut by the end of the grace period, the send half
+    // is dropped unfinished, which resets it.
+    tokio::select! {
+        sent = upload => if let Err(err) = sent {
+            debug!(error = %err, "request body ended early");
+        },
+        () = &mut forced => debug!("grace period over; upload cut"),
+        Ok(()) = &mut abandoned => {
+            send.reset(RESET_CANCELLED);
+            debug!("the request failed before its answer; upload stopped");
+        }
+    }
+}
+
+/// A response body that logs, once, how the response ended: cut (a lost connection, a reset,
+/// a length mismatch) at `info` as a failed request, complete at `debug`.
+struct LoggedBody<B> {
+    inner: B,
+    /// `None` once logged.
+    log: Option<RequestLog>,
+}
+
+impl<B: Body<Data = Bytes, Error = StreamError> + Unpin> Body for LoggedBody<B> {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(log) = this.log.take() {
+                    log.done("response done");
+                }
+            }
+            Some(Err(error)) => {
+                if let Some(log) = this.log.take() {
+                    log.failed(&body_failure(error));
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for LoggedBody<B> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            // Not polled to its end: complete without a last poll (an empty body), or the
+            // client went away.
+            log.done("response ended");
+        }
+    }
+}
+
+/// The failure of a response body cut part way.
+fn body_failure(error: &StreamError) -> Failure {
+    match error {
+        StreamError::ConnectionLost(_) => Failure::new(
+            ProxyStatus::ConnectionTerminated,
+            "the connection to the connector was lost mid-response; the response was cut",
+        ),
+        StreamError::Reset(code) => Failure::new(
+            ProxyStatus::ConnectionTerminated,
+            format!("the connector reset the stream mid-response (code {code:#x}); the response was cut"),
+        ),
+        StreamError::Closed | StreamError::Stopped(_) => Failure::new(
+            ProxyStatus::HttpResponseIncomplete,
+            "the response body does not match its announced length",
+        ),
     }
 }
 
@@ -402,6 +692,7 @@ mod tests {
             &http::HeaderMap::new(),
             BodyKind::Empty,
             false,
+            RequestId(7),
         );
         assert_eq!(head.origin, Origin::Service(service.service_ref()));
         // Only http_port is set: http is forced even for an https URL.
@@ -423,6 +714,7 @@ mod tests {
             &http::HeaderMap::new(),
             BodyKind::Length(3),
             false,
+            RequestId(7),
         );
         let Origin::Dial(dial) = head.origin else {
             panic!("a network binding dials");

@@ -5,9 +5,11 @@
 //!   `connect()`, absolute-form requests for `fetch()` ([`fetch`]);
 //! - [`tcp`]: `mode = "tcp"`, a plain TCP port piped to one TCP service;
 //! - [`context`]: what every binding shares (registry, tunnels, the directory snapshot,
-//!   shutdown), the accept loop with its per-binding connection limit, and opening streams;
+//!   shutdown), the accept loop with its per-binding connection limit, placing and opening
+//!   streams (one retry on another connection when the first is lost before the answer);
 //! - [`splice`]: a client socket spliced to a stream (after `CONNECT`'s `200`, a `101`, or for a
 //!   TCP binding), reset when the grace period runs out;
+//! - [`request`]: request ids and the one log line of every binding request;
 //! - [`response`]: the one builder of `Proxy-Status` error responses.
 //!
 //! Every request reads its binding, and the network or service behind it, from the current
@@ -16,6 +18,7 @@
 mod context;
 mod fetch;
 mod proxy;
+mod request;
 mod response;
 mod splice;
 mod tcp;

@@ -22,15 +22,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, Instrument};
 use underpass_proto::authority::parse_authority;
-use underpass_proto::{DialTarget, Origin, ProxyStatus};
+use underpass_proto::{DialTarget, Origin, ProxyStatus, Scheme};
 use underpass_transport::Connection;
 
-use super::context::{accept_loop, open_error_status, open_tcp_within, FrontContext, Slot};
+use super::context::{accept_loop, is_closed, FrontContext, Slot};
 use super::fetch;
-use super::response::{empty, error_response, error_response_with, FetchBody};
+use super::request::{Failure, RequestLog};
+use super::response::{empty, FetchBody};
 use super::splice::splice_upgrade;
 use crate::model::{Binding, BindingTarget};
-use crate::registry::Picked;
+use crate::registry::Destination;
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,7 +65,14 @@ async fn serve_client<C: Connection>(
     let shutdown = context.shutdown.clone();
     let service = service_fn(move |request| {
         let (binding, context, slot) = (binding.clone(), context.clone(), slot.clone());
-        async move { Ok::<_, Infallible>(handle(request, &binding, &context, slot).await) }
+        async move {
+            Ok::<_, Infallible>(
+                context
+                    .metrics
+                    .observe(&binding, handle(request, &binding, &context, slot))
+                    .await,
+            )
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -92,84 +100,94 @@ async fn serve_client<C: Connection>(
     }
 }
 
-/// Route a request: `CONNECT` to [`handle_connect`], everything else to `fetch()`.
+/// Route a request: `CONNECT` to [`handle_connect`], everything else to `fetch()`. Each
+/// request gets its id and span here.
 async fn handle<C: Connection>(
     request: Request<Incoming>,
-    binding: &str,
+    name: &Arc<str>,
     context: &FrontContext<C>,
     slot: Slot,
 ) -> Response<FetchBody> {
-    let binding = match context.binding(binding) {
-        Ok(binding) => binding,
-        Err(details) => return error_response(ProxyStatus::DestinationUnavailable, &details),
+    let is_connect = request.method() == Method::CONNECT;
+    let asked = match request.uri().authority() {
+        Some(authority) if is_connect => authority.as_str().to_owned(),
+        Some(authority) => format!(
+            "{}://{authority}",
+            request.uri().scheme_str().unwrap_or("http")
+        ),
+        None => request.uri().to_string(),
     };
-    if request.method() == Method::CONNECT {
-        handle_connect(request, &binding, context, slot).await
+    let log = RequestLog::new(name.clone(), asked.clone());
+    let binding = match context.binding(name) {
+        Ok(binding) => binding,
+        Err(details) => {
+            return log.respond(Failure::new(ProxyStatus::DestinationUnavailable, details))
+        }
+    };
+    if is_connect {
+        let span = info_span!(
+            "connect",
+            request_id = %log.id,
+            %asked,
+            connection = tracing::field::Empty,
+        );
+        handle_connect(request, &binding, context, slot, log)
+            .instrument(span)
+            .await
     } else {
-        fetch::handle(request, &binding, context, slot).await
+        let span = info_span!(
+            "fetch",
+            request_id = %log.id,
+            method = %request.method(),
+            uri = %request.uri(),
+            connection = tracing::field::Empty,
+        );
+        fetch::handle(request, &binding, context, slot, log)
+            .instrument(span)
+            .await
     }
 }
 
-/// `connect()`: open a TCP stream through a connector of the binding's tunnel.
+/// `connect()`: open a TCP stream through a connector of the binding's tunnel; on success
+/// answer `200` and pipe in a tracked task that stays in the request's span.
 async fn handle_connect<C: Connection>(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     binding: &Binding,
     context: &FrontContext<C>,
     slot: Slot,
+    mut log: RequestLog,
 ) -> Response<FetchBody> {
     let asked = request
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    let origin = match connect_origin(&binding.target, &asked) {
-        Ok(origin) => origin,
-        Err(refusal) => return refusal.response(),
-    };
-    let (tunnel, picked) = match context.pick(binding) {
+    let (origin, destination) = match connect_origin(&binding.target, &asked) {
         Ok(pair) => pair,
-        Err(details) => return error_response(ProxyStatus::DestinationUnavailable, &details),
+        Err(refusal) => return refusal.response(&log),
     };
-    let span = info_span!(
-        "connect",
-        tunnel = %tunnel.name,
-        connection = picked.connection_id,
-        %asked,
-    );
-    open_connect_stream(request, origin, picked, context, slot)
-        .instrument(span)
+    if let BindingTarget::Service(service) = &binding.target {
+        log.set_destination(format!("service {} at {destination}", service.name));
+    }
+    match context
+        .open_tcp_stream(binding, &destination, origin, &log)
         .await
-}
-
-/// Open the stream on the picked connection; on success answer `200` and pipe in a tracked
-/// task that stays in the stream's span.
-async fn open_connect_stream<C: Connection>(
-    mut request: Request<Incoming>,
-    origin: Origin,
-    picked: Picked<C>,
-    context: &FrontContext<C>,
-    slot: Slot,
-) -> Response<FetchBody> {
-    debug!(origin = ?origin, "opening TCP stream");
-    let limit = context.connect_timeout;
-    match open_tcp_within(&picked.conn, origin, limit).await {
-        Ok((send, recv)) => {
+    {
+        Ok(opened) => {
             let upgrade = hyper::upgrade::on(&mut request);
             let shutdown = context.shutdown.clone();
             context.shutdown.spawn(async move {
-                splice_upgrade(upgrade, send, recv, &shutdown).await;
+                let ended = splice_upgrade(upgrade, opened.send, opened.recv, &shutdown).await;
+                if let Some(stats) = ended {
+                    log.pipe_ended(&stats, is_closed(&opened.conn), shutdown.is_forced());
+                }
                 drop(slot);
             });
             let mut response = Response::new(empty());
             *response.status_mut() = StatusCode::OK;
             response
         }
-        Err(error) => {
-            let (status, details) = open_error_status(error, limit);
-            let response = error_response(status, &details);
-            info!(status = %response.status(), "CONNECT failed");
-            response
-        }
+        Err(failure) => log.respond(failure),
     }
 }
 
@@ -182,18 +200,20 @@ enum ConnectRefusal {
 }
 
 impl ConnectRefusal {
-    fn response(self) -> Response<FetchBody> {
+    fn response(self, log: &RequestLog) -> Response<FetchBody> {
         match self {
             ConnectRefusal::BadTarget(details) => {
-                error_response(ProxyStatus::HttpRequestError, &details)
+                log.respond(Failure::new(ProxyStatus::HttpRequestError, details))
             }
             ConnectRefusal::HttpService(service) => {
-                let mut response = error_response_with(
+                let mut response = log.respond_with(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    ProxyStatus::HttpRequestDenied,
-                    &format!(
-                        "service {service} is an HTTP service: use fetch(); connect() needs a \
-                         TCP service or a VPC Network"
+                    Failure::new(
+                        ProxyStatus::HttpRequestDenied,
+                        format!(
+                            "service {service} is an HTTP service: use fetch(); connect() needs \
+                             a TCP service or a VPC Network"
+                        ),
                     ),
                 );
                 response.headers_mut().insert(
@@ -208,21 +228,32 @@ impl ConnectRefusal {
 
 /// Where a `CONNECT` through this binding goes: the client's target for a network, the
 /// service (whose policy says host and port) for a TCP service, whatever the client asked.
-fn connect_origin(target: &BindingTarget, asked: &str) -> Result<Origin, ConnectRefusal> {
+/// With the destination the connector dials, for placement.
+fn connect_origin(
+    target: &BindingTarget,
+    asked: &str,
+) -> Result<(Origin, Destination), ConnectRefusal> {
     match target {
         BindingTarget::Network(_) => match parse_authority(asked) {
-            Ok((host, port)) => Ok(Origin::Dial(DialTarget {
-                host,
-                port,
-                resolvers: Vec::new(),
-            })),
+            Ok((host, port)) => Ok((
+                Origin::Dial(DialTarget {
+                    host: host.clone(),
+                    port,
+                    resolvers: Vec::new(),
+                }),
+                Destination { host, port },
+            )),
             Err(error) => Err(ConnectRefusal::BadTarget(format!(
                 "bad CONNECT target {asked:?}: {error}"
             ))),
         },
-        BindingTarget::Service(service) if service.is_tcp() => {
-            Ok(Origin::Service(service.service_ref()))
-        }
+        BindingTarget::Service(service) if service.is_tcp() => Ok((
+            Origin::Service(service.service_ref()),
+            Destination {
+                host: service.host.clone(),
+                port: service.port(Scheme::Http).unwrap_or(0),
+            },
+        )),
         BindingTarget::Service(service) => Err(ConnectRefusal::HttpService(service.name.clone())),
     }
 }

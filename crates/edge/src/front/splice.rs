@@ -14,20 +14,21 @@ use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
-use underpass_mux::{pipe_tcp, PipeOutcome};
+use tracing::{debug, warn};
+use underpass_mux::{pipe_tcp, PipeStats};
 use underpass_proto::{RESET_CANCELLED, RESET_INTERNAL};
 use underpass_rt::Shutdown;
 use underpass_transport::{RecvStream, SendStream, StreamError};
 
 /// Wait for hyper to hand over the client connection of an upgraded request (`CONNECT` after
-/// its `200`, or a `101`), then pipe it to the stream.
+/// its `200`, or a `101`), then pipe it to the stream. `None`: there was no client connection
+/// to pipe (the stream is reset).
 pub(crate) async fn splice_upgrade<S: SendStream, R: RecvStream>(
     upgrade: OnUpgrade,
     mut send: S,
     mut recv: R,
     shutdown: &Shutdown,
-) {
+) -> Option<PipeStats> {
     let upgraded = tokio::select! {
         upgraded = upgrade => upgraded.map_err(|e| e.to_string()),
         () = shutdown.forced() => Err("the grace period is over".to_owned()),
@@ -38,7 +39,7 @@ pub(crate) async fn splice_upgrade<S: SendStream, R: RecvStream>(
             debug!(%error, "no client connection to pipe");
             send.reset(RESET_CANCELLED);
             recv.stop(RESET_CANCELLED);
-            return;
+            return None;
         }
     };
     // hyper serves exactly the `TokioIo<TcpStream>` given to `serve_connection`, so the
@@ -46,34 +47,34 @@ pub(crate) async fn splice_upgrade<S: SendStream, R: RecvStream>(
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let initial = Some(parts.read_buf).filter(|b| !b.is_empty());
-            pipe_socket(parts.io.into_inner(), initial, send, recv, shutdown).await;
+            Some(pipe_socket(parts.io.into_inner(), initial, send, recv, shutdown).await)
         }
         Err(_) => {
             warn!("upgraded client connection is not a TCP stream; closing the stream");
             send.reset(RESET_INTERNAL);
             recv.stop(RESET_INTERNAL);
+            None
         }
     }
 }
 
 /// Splice `socket` and the stream until both directions end or one side fails; when the grace
-/// period is over, the stream counts as reset. `initial` goes on the stream first.
+/// period is over, the stream counts as reset. `initial` goes on the stream first. After any
+/// failure (a reset, a lost connection, the grace period) the client socket is closed with a
+/// TCP reset, never a FIN: a cut stream must not look complete.
 pub(crate) async fn pipe_socket<S: SendStream, R: RecvStream>(
     socket: TcpStream,
     initial: Option<Bytes>,
     send: S,
     recv: R,
     shutdown: &Shutdown,
-) {
+) -> PipeStats {
     let recv = CutAtForce {
         inner: recv,
         forced: Box::pin(shutdown.forced()),
     };
-    // pipe_tcp logs what went through and how it ended.
-    let stats = pipe_tcp(socket, initial, send, recv).await;
-    if shutdown.is_forced() && stats.outcome != PipeOutcome::Closed {
-        info!("grace period over; pipe reset");
-    }
+    // pipe_tcp logs what went through and how it ended, at debug; the caller logs the request.
+    pipe_tcp(socket, initial, send, recv).await
 }
 
 /// A receiving half that fails as if reset once the grace period is over, so that a pipe

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use underpass_edge::EdgeHandle;
 use underpass_mux::{registration_proof, ControlChannel};
 use underpass_proto::{
-    ConnectorId, ControlMessage, OriginPolicy, PolicyAssembler, Register, TunnelId, TunnelSecret,
-    TunnelToken,
+    AnnouncedRoute, ConnectorId, ControlMessage, OriginPolicy, PolicyAssembler, Register, TunnelId,
+    TunnelSecret, TunnelToken,
 };
 use underpass_transport::quic::{self, QuicDialer, QuicSettings};
 use underpass_transport::tls::{self, EdgeVerification};
@@ -45,11 +45,34 @@ pub async fn dial(
     Ok((dialer, conn))
 }
 
-/// Open the control stream and register; returns the edge's first answer.
+/// Routes covering every destination these tests use: every IP, and the `.internal` and
+/// `.local` names. The edge places streams by announced routes only.
+pub fn everything() -> Vec<AnnouncedRoute> {
+    ["0.0.0.0/0", "::/0", "*.internal", "*.local"]
+        .into_iter()
+        .map(|destination| AnnouncedRoute {
+            destination: destination.into(),
+            ports: Vec::new(),
+        })
+        .collect()
+}
+
+/// Open the control stream and register, announcing [`everything`]; returns the edge's first
+/// answer.
 pub async fn register(
     conn: &AnyConnection,
     tunnel_id: TunnelId,
     secret: &TunnelSecret,
+) -> anyhow::Result<(ControlChannel<AnySend, AnyRecv>, ControlMessage)> {
+    register_with(conn, tunnel_id, secret, everything()).await
+}
+
+/// Open the control stream and register, announcing `routes`; returns the edge's first answer.
+pub async fn register_with(
+    conn: &AnyConnection,
+    tunnel_id: TunnelId,
+    secret: &TunnelSecret,
+    routes: Vec<AnnouncedRoute>,
 ) -> anyhow::Result<(ControlChannel<AnySend, AnyRecv>, ControlMessage)> {
     let mut control = ControlChannel::open(conn).await?;
     let proof = registration_proof(conn, &tunnel_id, secret)?;
@@ -59,7 +82,7 @@ pub async fn register(
         connector_id: ConnectorId([0x42; 16]),
         connection_index: 0,
         version: "test-connector".into(),
-        routes: Vec::new(),
+        routes,
     };
     control.send(&ControlMessage::Register(register)).await?;
     let reply = next(&mut control).await?;

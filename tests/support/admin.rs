@@ -1,0 +1,41 @@
+//! A client for the programs' admin listeners (`/ready`, `/healthz`, `/metrics`, the edge's
+//! `/v1/tunnels/…`): one `GET` per connection, `Connection: close`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::http1::{self, Response};
+
+/// How long one admin request may take (guards a hang only).
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET path` on the admin listener at `addr`.
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
+    tokio::time::timeout(ADMIN_TIMEOUT, http1::get(addr, "localhost", path))
+        .await
+        .with_context(|| format!("GET http://{addr}{path}: no answer within {ADMIN_TIMEOUT:?}"))?
+        .with_context(|| format!("GET http://{addr}{path}"))
+}
+
+/// `GET path`, the body parsed as JSON: `(status, body)`.
+pub async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = get(addr, path).await?;
+    let json = response
+        .json()
+        .with_context(|| format!("GET http://{addr}{path} answered {}", response.status))?;
+    Ok((response.status, json))
+}
+
+/// `GET /metrics`: the text exposition, which must come with status 200.
+pub async fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    let response = get(addr, "/metrics").await?;
+    anyhow::ensure!(
+        response.status == 200,
+        "GET http://{addr}/metrics answered {}: {}",
+        response.status,
+        response.text()
+    );
+    Ok(response.text())
+}
