@@ -20,9 +20,9 @@ use underpass_rt::Shutdown;
 use underpass_transport::AnyConnection;
 
 use crate::config::EdgeConfig;
+use crate::error::EdgeError;
 use crate::metrics::EdgeMetrics;
 use crate::registry::{ConnectionInfo, Registry};
-use crate::start::EdgeError;
 use crate::tunnels::TunnelStore;
 
 /// The path prefix of the tunnel status endpoint.
@@ -208,7 +208,7 @@ fn tunnel_info(
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 fn rfc3339(secs: u64) -> String {
-    crate::cli::utc_date(secs).replacen(' ', "T", 1) + "Z"
+    crate::model::utc_date(secs).replacen(' ', "T", 1) + "Z"
 }
 
 /// Ask the running edge of `config` (its `[admin] listen`) for the status of `tunnel`.

@@ -26,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 mod directory;
+mod error;
 mod front;
 mod metrics;
 mod model;

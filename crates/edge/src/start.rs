@@ -25,9 +25,11 @@ use tracing::{debug, error, info, warn};
 use underpass_proto::{CloseCode, TunnelToken};
 use underpass_rt::admin::AdminServer;
 use underpass_rt::{Shutdown, Signal, Signals};
-use underpass_transport::quic::{self, QuicListener, TransportError};
-use underpass_transport::tls::{self, TlsError};
+use underpass_transport::quic::{self, QuicListener};
+use underpass_transport::tls;
 use underpass_transport::{AnyConnection, AnyListener, Connection, Listener};
+
+pub use crate::error::EdgeError;
 
 use crate::admin::EdgeAdmin;
 use crate::config::{ConfigError, EdgeConfig};
@@ -37,75 +39,11 @@ use crate::metrics::EdgeMetrics;
 use crate::model::Binding;
 use crate::registry::Registry;
 use crate::server::{self, ServerContext, ServerSettings};
-use crate::state::{self, Pki, StateError};
+use crate::state::{self, Pki};
 use crate::tunnels::{Revoked, Tunnel, TunnelStore, REFRESH_INTERVAL};
 
 /// How long, after every task has ended, the closed QUIC endpoint may take to tell the peers.
 const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// Why the edge could not start or act.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The state directory is unusable.
-    #[error(transparent)]
-    State(#[from] StateError),
-    /// The TLS configuration could not be built from the stored PKI.
-    #[error("TLS setup failed: {0}")]
-    Tls(#[from] TlsError),
-    /// The QUIC listener could not be started.
-    #[error("QUIC listener on {addr}: {source}")]
-    Quic {
-        /// The configured address.
-        addr: SocketAddr,
-        /// Why.
-        source: TransportError,
-    },
-    /// A binding's listener could not be bound.
-    #[error("binding {binding:?}: cannot listen on {addr}: {source}")]
-    BindingListen {
-        /// The binding.
-        binding: String,
-        /// The configured address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The admin listener could not be bound.
-    #[error("admin listener: cannot listen on {addr}: {source}")]
-    AdminListen {
-        /// The configured address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The async runtime (or its signal handlers) could not be started.
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-    /// No address to put into tokens.
-    #[error(
-        "no edge address for tokens: listen is {0}, which connectors cannot dial; set \
-         public_addresses in the config"
-    )]
-    NoPublicAddress(SocketAddr),
-    /// A command needs the running edge's admin listener, and the config has none.
-    #[error(
-        "the config has no admin listener; add `[admin]` with `listen = \"127.0.0.1:20242\"` \
-         and restart the edge"
-    )]
-    NoAdmin,
-    /// The running edge's admin listener could not answer.
-    #[error("{0}")]
-    Admin(String),
-    /// A tunnel reference that is neither a tunnel name nor an id.
-    #[error("{0:?} is not a tunnel name or id (A-Z a-z 0-9 - _ .)")]
-    BadTunnelReference(String),
-    /// A live reload that cannot be applied; the running configuration is kept.
-    #[error("{0}")]
-    Reload(String),
-}
 
 /// Entry point for running an edge in-process.
 pub struct Edge;

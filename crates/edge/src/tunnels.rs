@@ -225,7 +225,7 @@ impl TunnelStore {
             Some(deleted) => format!(
                 "tunnel {} was deleted from this edge at {} UTC; its token no longer works",
                 deleted.name,
-                crate::cli::utc_date(deleted.at)
+                crate::model::utc_date(deleted.at)
             ),
             None => "this edge has no such tunnel; check the token".into(),
         }
@@ -243,7 +243,7 @@ impl TunnelStore {
                  rotated at {} UTC; run the connector with the new token (`underpass-edge \
                  tunnel token {}` prints it)",
                 tunnel.name,
-                crate::cli::utc_date(*at),
+                crate::model::utc_date(*at),
                 tunnel.name
             ),
             None => "the proof does not match the tunnel secret; check the token".into(),
