@@ -427,7 +427,7 @@ impl<C: Clone> Registry<C> {
         }
     }
 
-    /// What [`crate::front`] does with a destination no connector announced a route for
+    /// What the binding front does with a destination no connector announced a route for
     /// (`[routing] unmatched`; [`Unmatched::Refuse`] until set).
     pub fn set_unmatched(&self, unmatched: Unmatched) {
         self.any_when_unmatched
