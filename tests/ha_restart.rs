@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use underpass_e2e::connector_process::{ConnectorProcess, ConnectorSpec};
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
-use underpass_e2e::edge_process::TUNNEL;
+use underpass_e2e::edge_process::{edge_binary, TUNNEL};
 use underpass_e2e::load::{connect_exchange, fetch_exchange, Outcome};
 use underpass_e2e::pattern_origin::PatternOrigin;
 use underpass_e2e::{free_port, heavy_lock, ConnEvent, EchoServer};
@@ -319,9 +319,26 @@ async fn edge_killed_and_restarted_at_once_traffic_resumes_within_3s() {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", connector.output()));
 }
 
-/// A connector started while its edge is down stays up, says it is not ready, retries
-/// (several attempts naming the edge's address in its log), and becomes ready once the edge
-/// starts; then traffic flows.
+/// The connector's "will retry" lines for `edge` (`cannot connect to the edge; will retry
+/// edge=ADDR error=… retry_in_ms=N`), with their delays.
+fn retries(log: &str, edge: &str) -> Vec<(String, u64)> {
+    let edge_field = format!("edge={edge}");
+    log.lines()
+        .filter(|line| line.contains("will retry") && line.contains(&edge_field))
+        .filter_map(|line| {
+            let ms = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("retry_in_ms="))?
+                .parse()
+                .ok()?;
+            Some((line.to_owned(), ms))
+        })
+        .collect()
+}
+
+/// A connector started while its edge is down stays up, says it is not ready, retries with
+/// jittered delays (its log names the edge's address and UDP port and each delay), and
+/// becomes ready once the edge starts; then traffic flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_started_before_its_edge_becomes_ready_when_it_appears() {
     let _turn = heavy_lock().await;
@@ -329,6 +346,10 @@ async fn connector_started_before_its_edge_becomes_ready_when_it_appears() {
     let origin = PatternOrigin::start(ip("127.24.6.2"));
     let home = EdgeHome::create(&network_sections());
     let edge_addr = home.quic_addr().to_string();
+    // Built now, so the edge's start below is the process start, not a build.
+    tokio::task::spawn_blocking(edge_binary)
+        .await
+        .expect("the build thread");
     // Short registration timeout: several attempts fit in the time the edge is down.
     let spec = ConnectorSpec::new("early", &home.token())
         .route("127.24.6.0/24", None)
@@ -336,13 +357,12 @@ async fn connector_started_before_its_edge_becomes_ready_when_it_appears() {
     let mut connector = spec.start().await;
     let started = Instant::now();
 
-    // Down for as long as it takes the connector to log a second attempt at the edge.
-    let deadline = Instant::now() + LIMIT;
-    let attempts = |log: &str| log.lines().filter(|line| line.contains(&edge_addr)).count();
-    while attempts(&connector.log()) < 2 {
+    // Down until the connector has logged several failed attempts, each with its delay.
+    let deadline = started + LIMIT;
+    while retries(&connector.log(), &edge_addr).len() < 4 {
         assert!(
             Instant::now() < deadline,
-            "the connector did not log two attempts at {edge_addr} in {LIMIT:?}\n{}",
+            "the connector did not log 4 retries of {edge_addr} in {LIMIT:?}\n{}",
             connector.output()
         );
         assert!(
@@ -365,10 +385,20 @@ async fn connector_started_before_its_edge_becomes_ready_when_it_appears() {
         .expect("/healthz answers");
     assert_eq!(health.status, 200, "{}", health.text());
     let log = connector.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&edge_addr)).collect();
+    let retried = retries(&log, &edge_addr);
+    let delays: std::collections::BTreeSet<u64> = retried.iter().map(|(_, ms)| *ms).collect();
     println!(
-        "connector attempts while the edge was down:\n{}",
-        lines.join("\n")
+        "while the edge was down the connector retried after {:?} ms",
+        retried.iter().map(|(_, ms)| ms).collect::<Vec<_>>()
+    );
+    assert!(
+        delays.len() >= 2,
+        "the retry delays are not jittered: {retried:?}"
+    );
+    let port = format!("UDP port {}", home.quic_addr().port());
+    assert!(
+        retried.iter().all(|(line, _)| line.contains(&port)),
+        "a retry line does not name the edge's {port}:\n{log}"
     );
 
     let down = started.elapsed();

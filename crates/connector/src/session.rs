@@ -685,3 +685,23 @@ async fn tick(ticker: &mut Option<Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_as_drained_or_shutdown_is_recognised() {
+        assert!(closed_as_drained(
+            "connection lost: closed by peer: drained (code 6)"
+        ));
+        assert!(closed_as_drained("connection lost: closed by peer: 3"));
+        assert!(!closed_as_drained(
+            "connection lost: closed by peer: control lost (code 5)"
+        ));
+        assert!(!closed_as_drained("connection lost: timed out"));
+        assert!(!closed_as_drained(
+            "connection lost: closed by peer: (code x)"
+        ));
+    }
+}

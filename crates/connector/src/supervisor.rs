@@ -543,8 +543,7 @@ impl Slot {
         while !self.shutdown.is_stopping() {
             // Failures advance the cursor: through the edges, then through each edge's
             // addresses. `Connector::new` refused an empty list.
-            let edge = &edges[cursor % edges.len()];
-            let pick = cursor / edges.len();
+            let (edge, pick) = choose_edge(edges, cursor);
             self.set_state(ConnectionState::Connecting, edge);
             let span = info_span!(
                 "connection",
@@ -698,6 +697,13 @@ impl Slot {
             }
         });
     }
+}
+
+/// The edge address for a slot at `cursor` (its index, plus one per failed attempt), and
+/// which of the addresses that edge's name resolves to: slot `i` takes edge `i mod n`, and
+/// the slots beyond the first `n` take each edge's next address.
+fn choose_edge(edges: &[String], cursor: usize) -> (&str, usize) {
+    (&edges[cursor % edges.len()], cursor / edges.len())
 }
 
 /// How long to wait before redialing after the edge drained a connection that was up for
@@ -895,5 +901,75 @@ impl Dialers {
             dialer.close();
             let _ = tokio::time::timeout(CLOSE_FLUSH, dialer.wait_idle()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn slots_spread_over_every_edge_and_every_address() {
+        let edges = vec!["a:1".to_owned(), "b:1".to_owned()];
+        // Each name resolves to two addresses.
+        let chosen: HashSet<(&str, usize)> = (0..4)
+            .map(|slot| {
+                let (edge, pick) = choose_edge(&edges, slot);
+                (edge, pick % 2)
+            })
+            .collect();
+        assert_eq!(chosen.len(), 4, "{chosen:?}");
+        // One edge: slot i takes address i (mod their number).
+        let one = vec!["a:1".to_owned()];
+        let picks: Vec<usize> = (0..4).map(|slot| choose_edge(&one, slot).1 % 3).collect();
+        assert_eq!(picks, [0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn a_drained_connection_is_redialed_soon_unless_it_was_drained_at_once() {
+        let settings = crate::config::ReconnectSettings {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        };
+        let mut backoff = Backoff::new(settings);
+        for _ in 0..100 {
+            assert!(drained_delay(Duration::from_secs(2), &mut backoff) <= DRAINED_REDIAL);
+        }
+        // Drained right after registering: the backoff grows instead.
+        let mut backoff = Backoff::new(settings);
+        let mut longest = Duration::ZERO;
+        for _ in 0..20 {
+            longest = longest.max(drained_delay(Duration::from_millis(10), &mut backoff));
+        }
+        assert!(longest > DRAINED_REDIAL, "{longest:?}");
+    }
+
+    #[test]
+    fn failures_say_what_to_do() {
+        let addr: SocketAddr = "192.0.2.7:7844".parse().expect("addr");
+        let message = unreachable(addr, Duration::from_secs(10));
+        assert!(message.contains("UDP port 7844"), "{message}");
+        assert!(
+            message.contains("firewalls allow outbound UDP to 192.0.2.7"),
+            "{message}"
+        );
+        let error = TransportError::Handshake(
+            "the cryptographic handshake failed: error 42: invalid peer certificate: \
+             Other(OtherError(edge certificate chain does not contain the pinned CA (sha256:ab)))"
+                .into(),
+        );
+        let message = handshake_failure(&error, addr, &EdgeVerification::Pin([0; 32]), "edge");
+        assert!(
+            message.contains("get a new token from the edge"),
+            "{message}"
+        );
+        assert!(!message.contains("OtherError"), "{message}");
+        assert!(
+            message
+                .ends_with("(edge certificate chain does not contain the pinned CA (sha256:ab))"),
+            "{message}"
+        );
     }
 }

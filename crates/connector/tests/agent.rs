@@ -609,3 +609,60 @@ async fn shutdown_lets_open_streams_finish_then_returns() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_new_routes_to_new_streams_and_announces_them() {
+    guarded(async {
+        let edge = TestEdge::start();
+        let before = TcpListener::bind("127.40.7.1:0").await?;
+        let after = TcpListener::bind("127.41.7.1:0").await?;
+        let handle = Connector::start(edge.config().build()?)?;
+        let mut registration = edge.accept(1, 0).await?;
+        assert_eq!(registration.register.routes[0].destination, "127.40.0.0/16");
+        handle.wait_registered(GUARD).await?;
+        let connect = |addr: SocketAddr| TcpConnect {
+            origin: Origin::Dial(DialTarget::from(addr)),
+            request_id: RequestId(9),
+        };
+        open_tcp(&registration.conn, connect(before.local_addr()?), GUARD).await?;
+        match open_tcp(&registration.conn, connect(after.local_addr()?), GUARD).await {
+            Err(OpenError::Refused(reply)) => {
+                assert_eq!(reply.status, ProxyStatus::DestinationIpProhibited)
+            }
+            Err(other) => bail!("expected a refusal, got {other}"),
+            Ok(_) => bail!("expected a refusal, the stream was accepted"),
+        }
+
+        let reloaded = edge
+            .bare_config()
+            .route("127.41.0.0/16")
+            .deny(&["127.40.66.0/24"])
+            .drain_timeout(Duration::from_millis(1))
+            .build()?;
+        let report = handle.reload(reloaded)?;
+        assert!(report.routes_changed);
+        assert_eq!(report.restart_needed, ["timeouts.drain_ms"]);
+        // Announced on the control stream.
+        let routes = loop {
+            match registration.control.recv().await? {
+                Some(ControlMessage::Routes(update)) => break update.routes,
+                Some(ControlMessage::Heartbeat(_)) => continue,
+                other => bail!("expected Routes, got {other:?}"),
+            }
+        };
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].destination, "127.41.0.0/16");
+        // New streams use the new routes.
+        open_tcp(&registration.conn, connect(after.local_addr()?), GUARD).await?;
+        match open_tcp(&registration.conn, connect(before.local_addr()?), GUARD).await {
+            Err(OpenError::Refused(reply)) => {
+                assert_eq!(reply.status, ProxyStatus::DestinationIpProhibited)
+            }
+            Err(other) => bail!("expected a refusal, got {other}"),
+            Ok(_) => bail!("expected a refusal, the stream was accepted"),
+        }
+        handle.shutdown().await?;
+        Ok(())
+    })
+    .await;
+}

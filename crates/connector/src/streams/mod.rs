@@ -8,7 +8,7 @@
 //! [`StreamSettings`] a live reload replaces (the [`Dialer`](crate::dial::Dialer), limits),
 //! the [`OriginClient`](crate::origin::OriginClient) and the metrics.
 //!
-//! Every stream ends in one place ([`Stream::finish`]): it is counted there and, if it failed,
+//! Every stream ends in one place (`finish`): it is counted there and, if it failed,
 //! logged there, once, at `info`, in its `stream{id, kind, request_id, dest}` span.
 
 mod context;
@@ -149,20 +149,25 @@ impl Stream {
         };
         let span = Span::current();
         let (kind, request_id) = match &header {
-            StreamHeader::Http(head) => {
-                span.record("dest", head.authority.as_str());
-                (StreamKind::Fetch, head.request_id)
-            }
+            StreamHeader::Http(head) => (StreamKind::Fetch, head.request_id),
             StreamHeader::Tcp(connect) => match &connect.origin {
-                Origin::Dial(target) => {
-                    span.record("dest", tracing::field::display(target));
-                    (StreamKind::Connect, connect.request_id)
-                }
+                Origin::Dial(_) => (StreamKind::Connect, connect.request_id),
                 Origin::Service(_) => (StreamKind::Tcp, connect.request_id),
             },
         };
         span.record("kind", kind.as_str());
         span.record("request_id", tracing::field::display(request_id));
+        // A service's destination is known once its policy is (`tcp` records it then).
+        match &header {
+            StreamHeader::Http(head) => {
+                span.record("dest", tracing::field::display(&head.authority));
+            }
+            StreamHeader::Tcp(connect) => {
+                if let Origin::Dial(target) = &connect.origin {
+                    span.record("dest", tracing::field::display(target));
+                }
+            }
+        }
         let active = self.context.metrics().stream_started(kind);
         let previous = self.open.fetch_add(1, Ordering::Relaxed);
         let _slot = OpenSlot(self.open.clone());

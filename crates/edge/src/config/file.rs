@@ -541,6 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn routing_unmatched_defaults_to_refuse() {
+        let default = EdgeConfig::from_toml("state_dir = \"x\"\n").unwrap(); // valid
+        assert_eq!(default.routing.unmatched, Unmatched::Refuse);
+        let any =
+            EdgeConfig::from_toml("state_dir = \"x\"\n[routing]\nunmatched = \"any\"\n").unwrap(); // valid
+        assert_eq!(any.routing.unmatched, Unmatched::Any);
+        let error = parse_error("state_dir = \"x\"\n[routing]\nunmatched = \"sometimes\"\n");
+        assert!(error.contains("routing.unmatched: "), "{error}");
+    }
+
+    #[test]
     fn parse_errors_name_the_entry_and_the_key() {
         let base = "state_dir = \"x\"\n[[binding]]\nname = \"ok\"\nlisten = \"127.0.0.1:1\"\n\
                     network = \"n\"\n";
