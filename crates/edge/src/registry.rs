@@ -671,6 +671,21 @@ impl<C: Clone> Registry<C> {
     }
 }
 
+impl<C: Connection> Registry<C> {
+    /// Close every registered connection of `tunnel` with `code` and `reason` (its secret was
+    /// revoked); returns how many. Each connection's server task then unregisters it.
+    pub(crate) fn close_tunnel(&self, tunnel: &TunnelId, code: u32, reason: &str) -> usize {
+        let conns: Vec<C> = match self.lock().get(tunnel) {
+            Some(connections) => connections.entries.iter().map(|e| e.conn.clone()).collect(),
+            None => Vec::new(),
+        };
+        for conn in &conns {
+            conn.close(code, reason.as_bytes());
+        }
+        conns.len()
+    }
+}
+
 /// The index of the entry with the fewest open streams among those `eligible` accepts,
 /// searching from the round-robin cursor so that ties rotate.
 fn least_outstanding<C>(

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use underpass_rt::admin::AdminServer;
 use underpass_rt::{Shutdown, Signal, Signals};
 use underpass_transport::quic::{self, QuicListener};
 use underpass_transport::tls;
-use underpass_transport::{AnyConnection, AnyListener, Connection, Listener};
+use underpass_transport::{AnyConnection, AnyListener, Listener};
 
 pub use crate::error::EdgeError;
 
@@ -99,7 +99,6 @@ impl Edge {
         let metrics = Arc::new(EdgeMetrics::new());
         let timeouts = &config.timeouts;
         let drain_grace = Duration::from_millis(timeouts.drain_grace_ms);
-        let tracked = Arc::new(TrackedListener::new(listener.clone()));
         let listeners = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             registry: registry.clone(),
@@ -113,7 +112,6 @@ impl Edge {
             reload: tokio::sync::Mutex::new(()),
             started_with: config.clone(),
             listeners: listeners.clone(),
-            tracked: tracked.clone(),
         });
 
         let admin = match config.admin.listen {
@@ -135,7 +133,7 @@ impl Edge {
             },
             shutdown: shutdown.clone(),
         });
-        shutdown.spawn(server::run(tracked, server_context));
+        shutdown.spawn(server::run(listener.clone(), server_context));
         let revoker = shared.clone();
         shutdown.spawn(tunnels.clone().refresh_every(
             REFRESH_INTERVAL,
@@ -232,8 +230,6 @@ struct Shared {
     started_with: EdgeConfig,
     /// Listeners bound now (QUIC and bindings), for `/ready`.
     listeners: Arc<AtomicUsize>,
-    /// Every accepted connector connection, to close a revoked tunnel's.
-    tracked: Arc<TrackedListener>,
 }
 
 /// A binding listener that runs, and the part of the shutdown its tasks belong to.
@@ -288,19 +284,11 @@ impl Shared {
     /// connectors re-register and are refused with the reason, or succeed with a new token.
     fn close_revoked(&self, revoked: &[Revoked]) {
         for tunnel in revoked {
-            let mut closed = 0;
-            for info in self.registry.snapshot() {
-                if info.registration.tunnel_id != tunnel.id {
-                    continue;
-                }
-                if self.tracked.close(
-                    info.registration.remote,
-                    CloseCode::Refused,
-                    tunnel.why.text(),
-                ) {
-                    closed += 1;
-                }
-            }
+            let closed = self.registry.close_tunnel(
+                &tunnel.id,
+                CloseCode::Refused.code(),
+                tunnel.why.text(),
+            );
             info!(
                 tunnel = %tunnel.name,
                 reason = tunnel.why.text(),
@@ -590,76 +578,6 @@ async fn reload_file(edge: &EdgeHandle, path: &Path) {
     };
     if let Err(error) = edge.reload(&config).await {
         error!(%error, "reload refused; keeping the running configuration");
-    }
-}
-
-/// The QUIC listener as the connector side sees it, remembering every accepted connection
-/// (by remote address) so that the connections of a revoked tunnel can be closed: the
-/// registry's snapshot says which remote addresses a tunnel's connections have.
-struct TrackedListener {
-    inner: Arc<AnyListener>,
-    conns: Arc<Mutex<HashMap<SocketAddr, (u64, AnyConnection)>>>,
-    next: AtomicU64,
-}
-
-impl TrackedListener {
-    fn new(inner: Arc<AnyListener>) -> Self {
-        TrackedListener {
-            inner,
-            conns: Arc::new(Mutex::new(HashMap::new())),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    /// Close the connection from `remote`, if one is open; returns whether one was.
-    fn close(&self, remote: SocketAddr, code: CloseCode, reason: &str) -> bool {
-        let conn = lock(&self.conns).get(&remote).map(|(_, conn)| conn.clone());
-        match conn {
-            Some(conn) => {
-                conn.close(code.code(), reason.as_bytes());
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the map consistent, so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Listener for TrackedListener {
-    type Conn = AnyConnection;
-
-    async fn accept(&self) -> Option<AnyConnection> {
-        let conn = self.inner.accept().await?;
-        let remote = conn.remote_address();
-        let generation = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.conns).insert(remote, (generation, conn.clone()));
-        // Forget it once it is closed. Not a tracked task: it ends when the connection does,
-        // and closing the endpoint closes every connection.
-        let (conns, watched) = (self.conns.clone(), conn.clone());
-        tokio::spawn(async move {
-            watched.closed().await;
-            let mut conns = lock(&conns);
-            if conns.get(&remote).is_some_and(|(g, _)| *g == generation) {
-                conns.remove(&remote);
-            }
-        });
-        Some(conn)
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.inner.local_addr()
-    }
-
-    fn close(&self) {
-        self.inner.close();
-    }
-
-    async fn wait_idle(&self) {
-        self.inner.wait_idle().await;
     }
 }
 
