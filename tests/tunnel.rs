@@ -120,25 +120,46 @@ async fn large_and_concurrent_transfers_are_intact() {
     }
 }
 
+/// Pseudo-random bytes, generated once; the transfers send windows of it.
+fn noise() -> &'static [u8] {
+    static NOISE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    NOISE.get_or_init(|| {
+        let mut state = 2_654_435_761u32;
+        (0..NOISE_LEN + CHUNK)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect()
+    })
+}
+
+const NOISE_LEN: usize = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+
 /// Send `len` pseudo-random bytes, half-close, read everything back; (sent, received) digests.
+///
+/// Chunk `k` of stream `seed` is the window of [`noise`] at an offset that depends on both,
+/// so streams send different bytes and a chunk delivered to the wrong stream, twice or out of
+/// order changes the digest. The bytes are not generated per stream: on a 2-core machine in a
+/// debug build, generating 200 MiB byte by byte in the test's tasks took the runtime's
+/// workers from the edge and connector that share them.
 async fn roundtrip(tunnel: TcpStream, len: usize, seed: u32) -> ([u8; 32], [u8; 32]) {
     let (mut read, mut write) = tunnel.into_split();
     let writer = tokio::spawn(async move {
         let mut hash = Sha256::new();
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         let mut left = len;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut chunk = 0usize;
         while left > 0 {
-            let n = left.min(buf.len());
-            for b in &mut buf[..n] {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                *b = state as u8;
-            }
-            hash.update(&buf[..n]);
-            write.write_all(&buf[..n]).await.unwrap();
+            let n = left.min(CHUNK);
+            let offset = (seed as usize * 8191 + chunk * 4099) % NOISE_LEN;
+            let bytes = &noise()[offset..offset + n];
+            hash.update(bytes);
+            write.write_all(bytes).await.unwrap();
             left -= n;
+            chunk += 1;
         }
         write.shutdown().await.unwrap();
         <[u8; 32]>::from(hash.finalize())
