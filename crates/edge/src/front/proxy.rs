@@ -62,6 +62,9 @@ async fn serve_client<C: Connection>(
     slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
+    // A second descriptor of the client socket, to reset it if a response body breaks:
+    // hyper owns the stream and would close it with a FIN.
+    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let shutdown = context.shutdown.clone();
     let service = service_fn(move |request| {
         let (binding, context, slot) = (binding.clone(), context.clone(), slot.clone());
@@ -96,7 +99,23 @@ async fn serve_client<C: Connection>(
     };
     match result {
         Ok(()) => debug!("client connection ended"),
-        Err(error) => debug!(%error, "client connection failed"),
+        Err(error) => {
+            debug!(%error, "client connection failed");
+            if error.is_user() {
+                // A response body failed part way (its stream to the connector was reset
+                // or its connection lost): hyper stops without the body's end, and with
+                // zero linger the close is a TCP reset, so the client cannot mistake the
+                // cut for a complete response. Closing `socket` and then `connection` (at
+                // the end of this function) is the last close of the socket.
+                if let Some(socket) = &socket {
+                    if let Err(error) =
+                        socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO))
+                    {
+                        debug!(%error, "cannot set SO_LINGER 0; closing normally");
+                    }
+                }
+            }
+        }
     }
 }
 
