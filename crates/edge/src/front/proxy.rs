@@ -105,8 +105,9 @@ async fn serve_client<C: Connection>(
                 // A response body failed part way (its stream to the connector was reset
                 // or its connection lost): hyper stops without the body's end, and with
                 // zero linger the close is a TCP reset, so the client cannot mistake the
-                // cut for a complete response. Closing `socket` and then `connection` (at
-                // the end of this function) is the last close of the socket.
+                // cut for a complete response. Linger is a property of the socket, not of
+                // the descriptor: the last of the two closes (both at the end of this
+                // function) sends the reset.
                 if let Some(socket) = &socket {
                     if let Err(error) =
                         socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO))
