@@ -25,10 +25,11 @@ use underpass_e2e::connector_process::{ConnectorProcess, ConnectorSpec};
 use underpass_e2e::echo::{Behaviour, ConnEvent};
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
 use underpass_e2e::edge_process::TUNNEL;
+use underpass_e2e::http1;
 use underpass_e2e::load::{connect_exchange, fetch_exchange, Outcome};
 use underpass_e2e::pattern;
 use underpass_e2e::pattern_origin::PatternOrigin;
-use underpass_e2e::process::find_program;
+use underpass_e2e::process::{self, find_program};
 use underpass_e2e::EchoServer;
 
 /// Guards a hang only; never decides a pass.
@@ -56,24 +57,12 @@ fn closed_port(ip: IpAddr) -> SocketAddr {
 
 /// Sends `signal` to the connector process.
 fn signal(connector: &ConnectorProcess, signal: nix::sys::signal::Signal) {
-    let pid = i32::try_from(connector.pid()).expect("a pid fits in i32");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-        .unwrap_or_else(|e| panic!("send {signal} to the connector: {e}"));
+    process::signal(connector.pid(), signal, "the connector");
 }
 
 /// Polls until `done` holds for the connector's log; returns the log.
 async fn wait_log(connector: &ConnectorProcess, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let log = connector.log();
-        if done(&log) {
-            return log;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("the connector's log never showed {what} within {LIMIT:?}\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    process::wait_log(what, LIMIT, || connector.log(), done).await
 }
 
 /// A `CONNECT target` through `binding`: the answer's status and `Proxy-Status`, and the
@@ -82,37 +71,10 @@ async fn connect(
     binding: SocketAddr,
     target: SocketAddr,
 ) -> (u16, Option<String>, Option<TcpStream>) {
-    let mut stream = TcpStream::connect(binding)
-        .await
-        .expect("connect to the binding");
-    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(STALL, stream.read(&mut byte))
-            .await
-            .expect("the CONNECT answer stalled")
-            .expect("read the CONNECT answer");
-        assert!(n == 1, "the binding closed before answering the CONNECT");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let proxy_status = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("proxy-status:")
-            .then(|| l.to_owned())
-    });
-    let tunnel = (status == 200).then_some(stream);
-    (status, proxy_status, tunnel)
+    let answer = http1::connect(binding, &target.to_string(), STALL).await;
+    let error = answer.proxy_error().map(str::to_owned);
+    let tunnel = (answer.status == 200).then_some(answer.stream);
+    (answer.status, error, tunnel)
 }
 
 /// Polls `CONNECT target` until its status is (or is not, with `want_ok` false) 200.

@@ -20,7 +20,8 @@ use underpass_connector::{ConnectionState, Connector, ConnectorConfig, Connector
 use underpass_e2e::admin;
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
 use underpass_e2e::edge_process::{edge_binary, TUNNEL};
-use underpass_e2e::http1::{exchange, Response};
+use underpass_e2e::http1::{self, exchange, Response};
+use underpass_e2e::process;
 use underpass_e2e::{free_port, EchoServer, TrickleOrigin};
 use underpass_proto::{RefuseReason, TunnelToken};
 
@@ -76,24 +77,19 @@ fn text(bytes: &[u8]) -> String {
 
 /// Sends `signal` to the edge process.
 fn signal(edge: &EdgeRun, signal: nix::sys::signal::Signal) {
-    let pid = i32::try_from(edge.pid()).expect("a pid fits in i32");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal the edge");
+    process::signal(edge.pid(), signal, "the edge");
 }
 
 /// Waits until the edge's log has `count` lines containing `needle`.
 async fn wait_log(edge: &EdgeRun, needle: &str, count: usize) -> String {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let log = edge.log();
-        if log.lines().filter(|l| l.contains(needle)).count() >= count {
-            return log;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {count}× {needle:?} in the edge log after {LIMIT:?}:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{count}× {needle:?}");
+    process::wait_log(
+        &what,
+        LIMIT,
+        || edge.log(),
+        |log| log.lines().filter(|l| l.contains(needle)).count() >= count,
+    )
+    .await
 }
 
 /// The address of the latest `binding listening binding=NAME addr=…` line.
@@ -139,39 +135,9 @@ async fn relative_request(proxy: SocketAddr) -> Response {
 
 /// `CONNECT target` through `proxy`: the status, and the stream when it is `200`.
 async fn connect(proxy: SocketAddr, target: SocketAddr) -> (u16, Option<String>, TcpStream) {
-    let mut stream = TcpStream::connect(proxy)
-        .await
-        .expect("connect the binding");
-    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
-            .await
-            .expect("the CONNECT answer in time")
-            .expect("read the CONNECT answer");
-        assert!(n > 0, "closed before the answer: {:?}", text(&head));
-        head.push(byte[0]);
-    }
-    let head = text(&head);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let proxy_status = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("proxy-status:")
-                .map(str::to_owned)
-        })
-        .and_then(|v| underpass_e2e::http1::proxy_error(&v).map(str::to_owned));
-    (status, proxy_status, stream)
+    let answer = http1::connect(proxy, &target.to_string(), LIMIT).await;
+    let error = answer.proxy_error().map(str::to_owned);
+    (answer.status, error, answer.stream)
 }
 
 /// Writes `data` and reads the same number of bytes back (an echo round trip).

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use underpass_connector::{Connector, ConnectorConfig, ConnectorHandle};
-use underpass_e2e::http1::{exchange, parse_response, Response};
+use underpass_e2e::http1::{self, exchange, parse_response, Response};
 use underpass_e2e::{Behaviour, EchoServer};
 use underpass_edge::config::{BindingConfig, EdgeConfig, NetworkConfig, Unmatched};
 use underpass_edge::tunnels::TunnelStore;
@@ -466,26 +466,8 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// `CONNECT target` through the binding; returns the status and, on 200, the tunnel.
 async fn connect(proxy: SocketAddr, target: &str) -> (u16, String, TcpStream) {
-    let mut stream = TcpStream::connect(proxy).await.expect("binding listener");
-    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
-            .await
-            .expect("a CONNECT answer in time")
-            .expect("read the CONNECT answer");
-        assert!(n > 0, "closed before the answer: {head:?}");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    (status, text, stream)
+    let answer = http1::connect(proxy, target, LIMIT).await;
+    (answer.status, answer.head, answer.stream)
 }
 
 /// A `CONNECT` that must succeed; checks the pipe with one echo round trip.

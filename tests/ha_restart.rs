@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use underpass_e2e::connector_process::{ConnectorProcess, ConnectorSpec};
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
 use underpass_e2e::edge_process::{edge_binary, TUNNEL};
+use underpass_e2e::http1;
 use underpass_e2e::load::{connect_exchange, fetch_exchange, Outcome};
 use underpass_e2e::pattern_origin::PatternOrigin;
 use underpass_e2e::{free_port, heavy_lock, ConnEvent, EchoServer};
@@ -85,32 +86,9 @@ async fn hold_pipes(binding: SocketAddr, echo: &EchoServer) -> (Vec<TcpStream>, 
     let base = echo.accepted() as u64;
     let mut pipes = Vec::new();
     for i in 0..HELD {
-        let mut stream = TcpStream::connect(binding).await.expect("binding listener");
-        let target = echo.addr();
-        stream
-            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-            .await
-            .expect("send CONNECT");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
-                .await
-                .expect("CONNECT answer in time")
-                .expect("read CONNECT answer");
-            assert_eq!(
-                n,
-                1,
-                "closed before answering: {:?}",
-                String::from_utf8_lossy(&head)
-            );
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "pipe {i}: {:?}",
-            String::from_utf8_lossy(&head)
-        );
+        let answer = http1::connect(binding, &echo.addr().to_string(), LIMIT).await;
+        assert_eq!(answer.status, 200, "pipe {i}: {}", answer.head);
+        let mut stream = answer.stream;
         let message = format!("held pipe {i}\n");
         stream.write_all(message.as_bytes()).await.expect("write");
         let mut back = vec![0u8; message.len()];

@@ -18,7 +18,7 @@ use underpass_e2e::edge_process::TUNNEL;
 use underpass_e2e::load::{connect_exchange, fetch_exchange, Outcome};
 use underpass_e2e::pattern_origin::PatternOrigin;
 use underpass_e2e::prometheus::{promtool_check_openmetrics, Prometheus};
-use underpass_e2e::EchoServer;
+use underpass_e2e::{repo_root, EchoServer};
 
 /// Guards a hang only; never decides a pass.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -356,6 +356,7 @@ async fn promtool_accepts_both_expositions() {
         .edge
         .admin_addr()
         .expect("the edge has an admin listener");
+    let mut families = std::collections::BTreeSet::new();
     for (what, addr) in [("connector", connector.admin_addr()), ("edge", edge_admin)] {
         let text = admin::metrics(addr).await.expect("GET /metrics");
         match promtool_check_openmetrics(&text) {
@@ -364,5 +365,39 @@ async fn promtool_accepts_both_expositions() {
                 panic!("promtool rejects the {what}'s /metrics: {e:#}\n--- /metrics ---\n{text}")
             }
         }
+        families.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(family),
+        );
     }
+    // Every series the Grafana dashboard queries is one the programs expose.
+    let dashboard = std::fs::read_to_string(repo_root().join("deploy/grafana/underpass.json"))
+        .expect("read deploy/grafana/underpass.json");
+    let mut queried = std::collections::BTreeSet::new();
+    for (at, _) in dashboard.match_indices("underpass_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        queried.insert(family(&name));
+    }
+    assert!(queried.len() >= 10, "the dashboard queries {queried:?}");
+    let unknown: Vec<_> = queried.difference(&families).collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/grafana/underpass.json queries series no program exposes: {unknown:?}\n\
+         exposed: {families:?}"
+    );
+}
+
+/// The metric family a series name belongs to: without the `_total`, `_bucket`, `_count`,
+/// `_sum` and `_info` suffixes that the exposition adds to counters, histograms and infos.
+fn family(name: &str) -> String {
+    ["_total", "_bucket", "_count", "_sum", "_info"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+        .to_owned()
 }

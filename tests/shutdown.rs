@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use underpass_connector::{Connector, ConnectorConfig};
 use underpass_e2e::edge_process::TUNNEL;
+use underpass_e2e::http1;
 use underpass_e2e::sockets::tcp_state;
 use underpass_e2e::upgrade::upgrade_origin;
 use underpass_e2e::{EchoServer, EdgeProcess, Stack, TrickleOrigin};
@@ -197,24 +198,9 @@ async fn echo_once(stream: &mut TcpStream, message: &[u8]) {
 
 /// `CONNECT target` through `proxy`; the tunnel stream after a `200`.
 async fn connect_tunnel(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy).await.expect("binding listener");
-    stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .expect("send CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
-            .await
-            .expect("CONNECT answer in time")
-            .expect("read the CONNECT answer");
-        assert_eq!(n, 1, "closed before answering CONNECT: {head:?}");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    stream
+    let answer = http1::connect(proxy, &target.to_string(), LIMIT).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    answer.stream
 }
 
 /// `GET` with `Upgrade: websocket` to the upgrade origin at `origin` through `proxy`; the

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use underpass_e2e::http1::proxy_error;
+use underpass_e2e::http1;
 use underpass_e2e::{heavy_lock, Behaviour, ConnEvent, Dnsmasq, EchoServer, Redis, Stack};
 
 /// Guards a hang only; never decides a pass.
@@ -23,39 +23,17 @@ fn ip(text: &str) -> IpAddr {
 /// `CONNECT target` through `proxy`; returns the status, the Proxy-Status header and the
 /// tunnel stream.
 async fn connect(proxy: SocketAddr, target: &str) -> (u16, Option<String>, TcpStream) {
-    let mut stream = TcpStream::connect(proxy).await.expect("binding listener");
-    stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
-        .await
-        .expect("send CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
-            .await
-            .expect("CONNECT answer in time")
-            .expect("read CONNECT answer");
-        assert_eq!(n, 1, "proxy closed before answering CONNECT: {head:?}");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let proxy_status = text
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("proxy-status:"))
-        .map(|l| l["proxy-status:".len()..].trim().to_owned());
-    (status, proxy_status, stream)
+    let request = format!("CONNECT {target} HTTP/1.1\r\n\r\n");
+    let answer = http1::connect_with(proxy, target, &request, LIMIT).await;
+    let error = answer.proxy_error().map(str::to_owned);
+    (answer.status, error, answer.stream)
 }
 
 /// `CONNECT target` is refused with exactly `status` and Proxy-Status `error=token`.
 async fn refused_with(proxy: SocketAddr, target: &str, status: u16, token: &str) {
     let (got, proxy_status, _) = connect(proxy, target).await;
     assert_eq!(
-        (got, proxy_status.as_deref().and_then(proxy_error)),
+        (got, proxy_status.as_deref()),
         (status, Some(token)),
         "{target}: Proxy-Status {proxy_status:?}"
     );

@@ -221,3 +221,77 @@ mod tests {
         assert_eq!(response.text(), "no");
     }
 }
+
+/// The answer to a `CONNECT` sent through a binding listener.
+#[derive(Debug)]
+pub struct ConnectAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The response head as received, up to and including the blank line.
+    pub head: String,
+    /// The connection, positioned after the head: the tunnel when the status is 200.
+    pub stream: TcpStream,
+}
+
+impl ConnectAnswer {
+    /// The `error=` parameter of the `Proxy-Status` header, if any.
+    pub fn proxy_error(&self) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("proxy-status")
+                .then(|| proxy_error(value))
+                .flatten()
+        })
+    }
+}
+
+/// Sends `CONNECT target` (with a matching `Host`) to `proxy` and reads the answer's head byte
+/// by byte, so that no tunnel byte is consumed. Panics when the proxy closes before a whole
+/// head or does not answer within `limit`.
+pub async fn connect(proxy: SocketAddr, target: &str, limit: std::time::Duration) -> ConnectAnswer {
+    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    connect_with(proxy, target, &request, limit).await
+}
+
+/// [`connect`] with the whole request head given (`target` only names it in messages).
+pub async fn connect_with(
+    proxy: SocketAddr,
+    target: &str,
+    request: &str,
+    limit: std::time::Duration,
+) -> ConnectAnswer {
+    let mut stream = TcpStream::connect(proxy)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the binding at {proxy}: {e}"));
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(limit, stream.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to CONNECT {target} within {limit:?}"))
+            .unwrap_or_else(|e| panic!("read the answer to CONNECT {target}: {e}"));
+        assert_eq!(
+            n,
+            1,
+            "the binding closed before answering CONNECT {target}: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    ConnectAnswer {
+        status,
+        head,
+        stream,
+    }
+}

@@ -194,3 +194,32 @@ pub fn probe_child(
         Err(e) => Probe::Failed(format!("cannot check the process: {e}")),
     }
 }
+
+/// Sends `signal` to process `pid` (`who` names it in the panic message).
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal, who: &str) {
+    let pid = i32::try_from(pid).expect("a pid fits in i32");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|e| panic!("send {signal} to {who}: {e}"));
+}
+
+/// Polls `log` (a process's log so far) every 20 ms until `done` holds for it, and returns it.
+/// Panics after `limit` with `what` (the awaited event) and the log.
+pub async fn wait_log(
+    what: &str,
+    limit: Duration,
+    log: impl Fn() -> String,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let text = log();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never showed {what} within {limit:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
