@@ -594,10 +594,7 @@ impl Slot {
                 }
                 SessionEnd::Lost { reason, uptime } => {
                     self.set_state(ConnectionState::Connecting, edge);
-                    if uptime >= STABLE_AFTER {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay(Duration::ZERO);
+                    let delay = lost_delay(uptime, &mut backoff);
                     warn!(
                         edge = %edge,
                         %reason,
@@ -704,6 +701,16 @@ impl Slot {
 /// the slots beyond the first `n` take each edge's next address.
 fn choose_edge(edges: &[String], cursor: usize) -> (&str, usize) {
     (&edges[cursor % edges.len()], cursor / edges.len())
+}
+
+/// How long to wait before redialing after a connection that was up for `uptime` was lost:
+/// the full-jitter backoff, which starts again from its first step once the connection had
+/// been up for [`STABLE_AFTER`].
+fn lost_delay(uptime: Duration, backoff: &mut Backoff) -> Duration {
+    if uptime >= STABLE_AFTER {
+        backoff.reset();
+    }
+    backoff.next_delay(Duration::ZERO)
 }
 
 /// How long to wait before redialing after the edge drained a connection that was up for
@@ -925,6 +932,24 @@ mod tests {
         let one = vec!["a:1".to_owned()];
         let picks: Vec<usize> = (0..4).map(|slot| choose_edge(&one, slot).1 % 3).collect();
         assert_eq!(picks, [0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn the_backoff_starts_again_after_a_stable_connection() {
+        let settings = crate::config::ReconnectSettings {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        let mut backoff = Backoff::new(settings);
+        // Short-lived connections: the ceiling doubles each time, up to the max.
+        for _ in 0..10 {
+            let _ = lost_delay(Duration::from_secs(1), &mut backoff);
+        }
+        assert_eq!(backoff.ceiling(), settings.max);
+        // One that stayed up for the stable period starts again from the first step.
+        let delay = lost_delay(STABLE_AFTER, &mut backoff);
+        assert!(delay <= settings.initial, "{delay:?}");
+        assert!(backoff.ceiling() < settings.max, "{:?}", backoff.ceiling());
     }
 
     #[test]
