@@ -1,4 +1,4 @@
-//! Two connector replicas (real `underpass` processes, same token, same routes) behind the
+//! Connector replicas (real `underpass` processes, same token, same routes) behind the
 //! real `underpass-edge`, under continuous `connect()` and `fetch()` load that checks every
 //! byte (see `underpass_e2e::load`):
 //!
@@ -7,7 +7,9 @@
 //!   connection_terminated` before the head) within a few seconds; none hangs and none ends
 //!   in a clean EOF;
 //! - a rolling restart (SIGTERM A, start A again, wait until ready, the same for B): zero
-//!   failed requests.
+//!   failed requests;
+//! - 24 of 25 replicas SIGKILLed at once: every request ends OK or as an abort, and every one
+//!   started after the edge dropped the dead connections succeeds.
 //!
 //! Counts are printed (`cargo test -- --nocapture`).
 //!
@@ -309,4 +311,108 @@ async fn rolling_restart_of_two_replicas_loses_no_request() {
         edge.output()
     );
     wait_connectors(&edge, 2).await;
+}
+
+/// The issue's adversarial case: 25 replicas (one connection each) serve the tunnel and 24
+/// of them are SIGKILLed at once under load. Measured before the dead-connection detection:
+/// with 29 of 30 replicas killed, 14 of 40 new CONNECTs failed. Now every request ends OK or
+/// as an abort (never a clean EOF or a hang), and every request started once the edge has
+/// dropped the dead connections succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_four_of_25_replicas_killed_at_once_spare_new_requests() {
+    const REPLICAS: usize = 25;
+    let _turn = heavy_lock().await;
+    let subnet = "127.24.4";
+    let echo = EchoServer::start(ip(&format!("{subnet}.1")));
+    let origin = PatternOrigin::start(ip(&format!("{subnet}.2")));
+    let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let home = EdgeHome::create_with_admin(&format!(
+        "[[network]]\nname = \"net\"\ntunnel = \"{TUNNEL}\"\n\n\
+         [[binding]]\nname = \"net\"\nlisten = \"127.0.0.1:{port}\"\nnetwork = \"net\"\n"
+    ));
+    let edge = home.start().await;
+    let route = format!("{subnet}.0/24");
+    let mut replicas = Vec::new();
+    for i in 0..REPLICAS {
+        let spec = ConnectorSpec::new(&format!("many-{i}"), &home.token())
+            .route(&route, None)
+            .connections(1);
+        replicas.push(spec.start().await);
+    }
+    for replica in &mut replicas {
+        replica
+            .wait_ready(LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", replica.output(), edge.output()));
+    }
+    wait_connectors(&edge, REPLICAS).await;
+
+    let load = load(edge.binding_addr("net"), &echo, &origin);
+    wait_more_ok(&load, 5, "before the kill").await;
+    let mut survivor = replicas.pop().expect("25 replicas");
+    for replica in &mut replicas {
+        replica.kill();
+    }
+    let killed = Instant::now();
+    wait_connectors(&edge, 1).await;
+    let dropped = Instant::now();
+    let deadline = dropped + LIMIT * 2;
+    loop {
+        let after = load
+            .records()
+            .iter()
+            .filter(|r| r.started >= dropped && r.outcome.is_ok())
+            .count();
+        if after >= 40 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = load.stop().await;
+
+    let bad: Vec<&Record> = report
+        .records
+        .iter()
+        .filter(|r| !r.outcome.is_ok() && !r.outcome.is_abort())
+        .collect();
+    let late_failures: Vec<&Record> = report
+        .records
+        .iter()
+        .filter(|r| r.started >= dropped && !r.outcome.is_ok())
+        .collect();
+    let started_after = report.count(|r| r.started >= dropped);
+    let window_failures =
+        report.count(|r| r.started >= killed && r.started < dropped && !r.outcome.is_ok());
+    println!(
+        "{} of {REPLICAS} replicas SIGKILLed: the edge dropped their connections {:?} after the \
+         kill; {} requests ({}); {window_failures} started in between failed; \
+         {started_after} started after, {} of them failed",
+        REPLICAS - 1,
+        dropped - killed,
+        report.records.len(),
+        report.summary(),
+        late_failures.len(),
+    );
+    assert!(
+        bad.is_empty(),
+        "{} requests ended neither OK nor as an abort:\n{}\n{}",
+        bad.len(),
+        list(&bad),
+        edge.output()
+    );
+    assert!(
+        late_failures.is_empty(),
+        "{} requests started after the edge dropped the dead connections failed:\n{}",
+        late_failures.len(),
+        list(&late_failures)
+    );
+    assert!(
+        started_after >= 40,
+        "only {started_after} requests started after the dead connections were dropped"
+    );
+    assert!(
+        survivor.is_running(),
+        "the survivor exited\n{}",
+        survivor.output()
+    );
 }
