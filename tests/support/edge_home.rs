@@ -125,6 +125,11 @@ impl EdgeHome {
         self.token.clone()
     }
 
+    /// The config file, for a test that starts the edge its own way (its own environment).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     /// The folder holding the config, the state and every run's logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()

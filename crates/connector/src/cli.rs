@@ -13,12 +13,20 @@ use underpass_proto::TOKEN_PREFIX;
 use underpass_rt::{init_tracing, runtime, LogFormat, Signal, Signals, EX_FAILURE, EX_USAGE};
 use underpass_transport::tls::EdgeVerification;
 
-use crate::config::{ConfigError, ConnectorConfig, Overrides, TOKEN_ENV};
+use crate::config::{ConfigError, ConnectorConfig, Overrides, DEFAULT_CONFIG_FILE, TOKEN_ENV};
+use crate::service::ServiceCommand;
 use crate::supervisor::{Connector, ConnectorError, ConnectorHandle};
 
 /// Underpass connector: dials out to the edge and serves binding traffic to private services.
 #[derive(Debug, Parser)]
-#[command(name = "underpass", version, about, long_about = None)]
+#[command(
+    name = "underpass",
+    version = underpass_rt::VERSION,
+    about,
+    long_about = None,
+    after_help = "Environment variables, files and exit statuses: underpass --help",
+    after_long_help = ENVIRONMENT_HELP
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -30,10 +38,44 @@ pub struct Cli {
 pub enum Command {
     /// Connect to the edge and serve until SIGINT or SIGTERM (then drain; a second signal
     /// exits at once). SIGHUP reloads the config file's routes, deny list, DNS and limits.
+    #[command(
+        after_help = "Environment variables, files and exit statuses: underpass run --help",
+        after_long_help = ENVIRONMENT_HELP
+    )]
     Run(RunArgs),
     /// Validate a config file and print a summary, without connecting.
+    #[command(after_long_help = ENVIRONMENT_HELP)]
     CheckConfig(CheckArgs),
+    /// Install or remove the systemd service (unit, config file and token).
+    #[command(subcommand)]
+    Service(ServiceCommand),
 }
+
+/// What `--help` says after the flags (the top level, `run` and `check-config`).
+const ENVIRONMENT_HELP: &str = "\
+Environment:
+  UNDERPASS_TOKEN        the tunnel token
+  CREDENTIALS_DIRECTORY  set by systemd: the token is its credential `token`
+                         (LoadCredential=token:/etc/underpass/tunnel.token)
+  RUST_LOG               log filter (default: info; e.g. info,underpass_connector=debug)
+  NOTIFY_SOCKET          set by systemd (Type=notify): READY=1 once registered, STATUS=,
+                         STOPPING=1 when the drain starts
+  WATCHDOG_USEC          set by systemd (WatchdogSec=): WATCHDOG=1 at half that interval
+
+Files:
+  /etc/underpass/connector.toml  the config file when there is no --config (if it exists)
+  /run/secrets/underpass-token   the token as a container secret
+  /etc/underpass/tunnel.token    where `service install` puts the token (mode 0600)
+
+Token sources, first match wins: --token, --token-file, UNDERPASS_TOKEN, the config file's
+`token` or `token_file`, $CREDENTIALS_DIRECTORY/token, /run/secrets/underpass-token.
+
+Exit status:
+  0   success, also after SIGTERM/SIGINT and the drain
+  64  bad command line or configuration (the message names the flag, key or file)
+  1   failure at run time, or a second SIGTERM/SIGINT (exit before the drain ends)
+
+Reference: docs/connector.md";
 
 /// Where the token comes from (overrides the config file; see `docs/connector.md`).
 #[derive(Debug, Args)]
@@ -77,9 +119,12 @@ pub struct RunArgs {
 /// `underpass check-config`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The config file (TOML).
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    /// The config file (TOML); the same as --config. Default: /etc/underpass/connector.toml.
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    pub file: Option<PathBuf>,
+    /// The config file (TOML), as for `run`.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Token sources.
     #[command(flatten)]
     pub token: TokenArgs,
@@ -100,6 +145,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig(args) => check_config(args),
         Command::Run(args) => run(args),
+        Command::Service(command) => crate::service::main(command),
     }
 }
 
@@ -111,15 +157,22 @@ fn overrides(token: &TokenArgs, routes: &[String]) -> Overrides {
             .ok()
             .filter(|t| !t.trim().is_empty()),
         routes: routes.to_vec(),
+        ..Overrides::default()
     }
+    .with_host_sources()
 }
 
 fn check_config(args: CheckArgs) -> ExitCode {
     init_tracing("warn", LogFormat::Text);
     let overrides = overrides(&args.token, &[]);
-    match ConnectorConfig::load(Some(&args.file), &overrides) {
+    // Unlike `run`, never without a file: checking nothing would say nothing.
+    let file = args
+        .config
+        .or(args.file)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    match ConnectorConfig::load(Some(&file), &overrides) {
         Ok(config) => {
-            println!("{}: OK", args.file.display());
+            println!("{}: OK", file.display());
             print!("{}", config.summary());
             ExitCode::SUCCESS
         }
@@ -145,7 +198,11 @@ fn load(args: &RunArgs, overrides: &Overrides) -> Result<ConnectorConfig, Config
     Ok(config)
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn run(mut args: RunArgs) -> ExitCode {
+    // Where `service install` and the container image put the file.
+    if args.config.is_none() {
+        args.config = crate::config::default_config_file();
+    }
     let overrides = overrides(&args.token, &args.routes);
     let config = match load(&args, &overrides) {
         Ok(config) => config,
@@ -155,6 +212,12 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     init_tracing("info", config.log_format);
+    info!(
+        version = underpass_rt::VERSION,
+        config = %args.config.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
+        token_from = %config.token_source,
+        "underpass connector starting"
+    );
     let runtime = match runtime(config.worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => {

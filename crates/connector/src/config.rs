@@ -63,7 +63,8 @@ pub enum ConfigError {
     /// No tunnel token was given anywhere.
     #[error(
         "no tunnel token: set `token` or `token_file` in the config file, pass --token or \
-         --token-file, or set {TOKEN_ENV}"
+         --token-file, set {TOKEN_ENV}, give the unit a `token` credential \
+         (LoadCredential=token:FILE) or mount the token at {SECRET_FILE}"
     )]
     NoToken,
 }
@@ -81,14 +82,41 @@ pub enum TokenSource {
     ConfigInline,
     /// The config file's `token_file` key, with the file.
     ConfigFile(PathBuf),
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/token` (`LoadCredential=token:...`).
+    Credential(PathBuf),
+    /// A container secret: the file [`SECRET_FILE`] (a Kubernetes Secret, a podman or docker
+    /// secret).
+    Secret(PathBuf),
     /// Given in code (the builder).
     Code,
+}
+
+/// The config file `run` and `check-config` read when no `--config` is given and the file
+/// exists (where `underpass service install` and the container image put it).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/underpass/connector.toml";
+
+/// Where a container runtime mounts the token secret (the last token source).
+pub const SECRET_FILE: &str = "/run/secrets/underpass-token";
+
+/// The environment variable systemd sets to the directory of the unit's credentials
+/// (`LoadCredential=`); the connector reads the credential named `token` in it.
+pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+
+/// The name of the token credential in [`CREDENTIALS_ENV`]'s directory.
+pub const CREDENTIAL_NAME: &str = "token";
+
+/// [`DEFAULT_CONFIG_FILE`] when it exists.
+pub fn default_config_file() -> Option<PathBuf> {
+    let path = Path::new(DEFAULT_CONFIG_FILE);
+    path.exists().then(|| path.to_owned())
 }
 
 /// Settings from outside the config file (the command line and the environment).
 ///
 /// Token sources take precedence in this order: `--token`, `--token-file`, `UNDERPASS_TOKEN`,
-/// then the file's `token` or `token_file`.
+/// the file's `token` or `token_file`, the systemd credential `$CREDENTIALS_DIRECTORY/token`,
+/// then the container secret [`SECRET_FILE`]. The last two count only when their file exists:
+/// a unit may pass other credentials, and most hosts have no secret mounted.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--token`.
@@ -99,6 +127,25 @@ pub struct Overrides {
     pub env_token: Option<String>,
     /// `--route DEST[=PORTS]` flags, added after the file's routes.
     pub routes: Vec<String>,
+    /// The value of `CREDENTIALS_DIRECTORY`, if set.
+    pub credentials_dir: Option<PathBuf>,
+    /// The container secret file to look for ([`SECRET_FILE`] from the command line; `None`
+    /// looks for none).
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// These overrides plus the host's own token sources: `CREDENTIALS_DIRECTORY` from the
+    /// environment and the container secret at [`SECRET_FILE`].
+    pub fn with_host_sources(self) -> Self {
+        Overrides {
+            credentials_dir: std::env::var_os(CREDENTIALS_ENV)
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from),
+            secret_file: Some(PathBuf::from(SECRET_FILE)),
+            ..self
+        }
+    }
 }
 
 /// One allowed destination: a CIDR or a hostname pattern, and the ports allowed on it.
@@ -351,6 +398,8 @@ impl fmt::Display for TokenSource {
             TokenSource::Env => f.write_str(TOKEN_ENV),
             TokenSource::ConfigInline => f.write_str("config `token`"),
             TokenSource::ConfigFile(path) => write!(f, "config `token_file` {}", path.display()),
+            TokenSource::Credential(path) => write!(f, "systemd credential {}", path.display()),
+            TokenSource::Secret(path) => write!(f, "secret file {}", path.display()),
             TokenSource::Code => f.write_str("code"),
         }
     }

@@ -50,6 +50,7 @@ mod outcome;
 mod policy;
 pub mod reload;
 pub mod resolve;
+pub mod service;
 mod session;
 mod streams;
 mod supervisor;

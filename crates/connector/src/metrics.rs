@@ -315,6 +315,17 @@ impl ConnectorMetrics {
             .inc_by(delta);
     }
 
+    /// Streams being served now, of every kind (the sum of `streams_active`).
+    pub(crate) fn streams_active(&self) -> u64 {
+        [StreamKind::Fetch, StreamKind::Connect, StreamKind::Tcp]
+            .into_iter()
+            .map(|kind| {
+                let labels = [("kind", kind.as_str().to_owned())];
+                u64::try_from(self.streams_active.get_or_create(&labels).get()).unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// A stream of `kind` started (its header was read); the returned guard counts it as
     /// active until dropped.
     pub(crate) fn stream_started(self: &Arc<Self>, kind: StreamKind) -> ActiveStream {

@@ -14,6 +14,12 @@
 //! streams), drain for up to `timeouts.drain`, force (streams still open are cut), wait. Every
 //! task of the connector (slots, control loops, drained connections, streams, origin
 //! connections) runs under it, so [`ConnectorHandle::shutdown`] returns once all have ended.
+//!
+//! Under a service manager (`NOTIFY_SOCKET`, `Type=notify`), [`Connector::run`] reports:
+//! `READY=1` once a first connection is registered, a `STATUS=` line whenever it changes
+//! ("3/4 connections registered, 12 streams", "no connection registered: WHY",
+//! "draining: 2 streams open"), `STOPPING=1` when the drain begins, and `WATCHDOG=1` while
+//! the runtime runs tasks ([`underpass_rt::notify`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +33,7 @@ use tracing::{error, info, info_span, warn, Instrument, Span};
 use underpass_proto::authority::parse_authority;
 use underpass_proto::{AnnouncedRoute, ConnectorId, Host, RefuseReason};
 use underpass_rt::admin::{AdminHandler, AdminServer};
+use underpass_rt::notify::Notifier;
 use underpass_rt::Shutdown;
 use underpass_transport::quic::{QuicDialer, ALPN};
 use underpass_transport::tls::{self, EdgeVerification, TlsError};
@@ -52,6 +59,9 @@ const DRAINED_REDIAL: Duration = Duration::from_millis(500);
 /// A connection drained sooner than this after it registered is treated as a failure (the
 /// slot backs off).
 const DRAINED_AT_ONCE: Duration = Duration::from_secs(1);
+/// How often the status line for the service manager is looked at again: the stream count
+/// changes with no change of connection state.
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
 
 /// The state of one connection slot, as the supervisor last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +306,15 @@ impl Connector {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ConnectorError> {
         let config = &self.config;
+        // Through the drain too: the manager hears that the connector drains, and that its
+        // runtime is alive, until it has stopped.
+        let notifier = Notifier::from_env();
+        let reporting = notifier.spawn_reporting(report_to_manager(
+            notifier.clone(),
+            self.states.subscribe(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
         let mut supervisors = JoinSet::new();
         for index in 0..config.connections {
             let slot = Slot {
@@ -355,6 +374,7 @@ impl Connector {
         );
         // The admin listener answered through the drain; it goes last.
         drop(self.admin);
+        drop(reporting);
         failure.map_or(Ok(()), Err)
     }
 }
@@ -515,6 +535,89 @@ impl Drop for ConnectorHandle {
 
 fn is_registered(state: &ConnectionState) -> bool {
     matches!(state, ConnectionState::Registered { .. })
+}
+
+/// Tell the service manager what the connector does, until the task is aborted: `READY=1`
+/// once (the first registration, not while draining), `STOPPING=1` once the drain begins, and
+/// the status line whenever it changes (looked at on every state change, at the drain, and
+/// every [`STATUS_REFRESH`]). While nothing is registered the line gives the last failure,
+/// which a slot's next `Connecting` would otherwise hide.
+async fn report_to_manager(
+    notifier: Notifier,
+    mut states: watch::Receiver<Vec<ConnectionState>>,
+    metrics: Arc<ConnectorMetrics>,
+    shutdown: Shutdown,
+) {
+    let mut ready = false;
+    let mut stopping = false;
+    let mut last = String::new();
+    let mut last_failure = None;
+    let mut refresh = tokio::time::interval(STATUS_REFRESH);
+    let mut changes_open = true;
+    loop {
+        let draining = shutdown.is_stopping();
+        if draining && !stopping {
+            notifier.stopping();
+            stopping = true;
+        }
+        let streams = metrics.streams_active();
+        let (registered, status) = {
+            let states = states.borrow_and_update();
+            if let Some(failure) = states.iter().find_map(failure) {
+                last_failure = Some(failure);
+            }
+            connector_status(&states, streams, draining, last_failure.as_deref())
+        };
+        if registered > 0 && !draining && !ready {
+            notifier.ready();
+            ready = true;
+        }
+        if status != last {
+            notifier.status(&status);
+            last = status;
+        }
+        tokio::select! {
+            changed = states.changed(), if changes_open => changes_open = changed.is_ok(),
+            () = shutdown.stopping(), if !stopping => {}
+            _ = refresh.tick() => {}
+        }
+    }
+}
+
+/// What went wrong with a slot's last attempt, if it failed or was refused.
+fn failure(state: &ConnectionState) -> Option<String> {
+    match state {
+        ConnectionState::Failed { error } => Some(error.clone()),
+        ConnectionState::Refused { reason, message } => {
+            Some(format!("refused ({reason:?}): {message}"))
+        }
+        _ => None,
+    }
+}
+
+/// How many slots are registered, and the status line: the registered connections and the
+/// open streams, why none is registered (`last_failure`), or the drain.
+fn connector_status(
+    states: &[ConnectionState],
+    streams: u64,
+    draining: bool,
+    last_failure: Option<&str>,
+) -> (usize, String) {
+    let registered = states.iter().filter(|s| is_registered(s)).count();
+    let status = if draining {
+        format!("draining: {streams} streams open")
+    } else if registered > 0 {
+        format!(
+            "{registered}/{} connections registered, {streams} streams",
+            states.len()
+        )
+    } else {
+        match last_failure {
+            Some(why) => format!("no connection registered: {why}"),
+            None => "connecting to the edge".to_owned(),
+        }
+    };
+    (registered, status)
 }
 
 /// One connection slot and what it needs.
@@ -969,6 +1072,66 @@ mod tests {
             longest = longest.max(drained_delay(Duration::from_millis(10), &mut backoff));
         }
         assert!(longest > DRAINED_REDIAL, "{longest:?}");
+    }
+
+    #[test]
+    fn the_status_line_says_what_is_registered_why_not_or_that_it_drains() {
+        let registered = ConnectionState::Registered {
+            connection_id: 7,
+            edge_name: "edge".into(),
+        };
+        let failed = ConnectionState::Failed {
+            error: "no answer from the edge".into(),
+        };
+        let states = [
+            registered.clone(),
+            registered.clone(),
+            failed.clone(),
+            ConnectionState::Connecting,
+        ];
+        let why = failure(&failed);
+        assert_eq!(why.as_deref(), Some("no answer from the edge"));
+        assert_eq!(
+            connector_status(&states, 12, false, why.as_deref()),
+            (2, "2/4 connections registered, 12 streams".to_owned())
+        );
+        assert_eq!(
+            connector_status(&states, 3, true, None),
+            (2, "draining: 3 streams open".to_owned())
+        );
+        let states = [ConnectionState::Connecting, ConnectionState::Connecting];
+        assert_eq!(
+            connector_status(&states, 0, false, why.as_deref()),
+            (
+                0,
+                "no connection registered: no answer from the edge".to_owned()
+            )
+        );
+        assert_eq!(
+            connector_status(&states, 0, false, None).1,
+            "connecting to the edge"
+        );
+        let refused = ConnectionState::Refused {
+            reason: RefuseReason::BadProof,
+            message: "bad proof".into(),
+        };
+        assert_eq!(
+            failure(&refused).as_deref(),
+            Some("refused (BadProof): bad proof")
+        );
+    }
+
+    #[test]
+    fn the_stream_count_is_the_sum_of_the_active_gauge() {
+        let metrics = ConnectorMetrics::new(1);
+        let metrics = Arc::new(metrics);
+        assert_eq!(metrics.streams_active(), 0);
+        let a = metrics.stream_started(crate::metrics::StreamKind::Connect);
+        let b = metrics.stream_started(crate::metrics::StreamKind::Fetch);
+        let _c = metrics.stream_started(crate::metrics::StreamKind::Fetch);
+        assert_eq!(metrics.streams_active(), 3);
+        drop((a, b));
+        assert_eq!(metrics.streams_active(), 1);
     }
 
     #[test]

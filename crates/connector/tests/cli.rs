@@ -164,3 +164,63 @@ fn run_with_a_bad_config_exits_64_before_dialing() {
     assert_eq!(out.status.code(), Some(EX_USAGE));
     assert!(text(&out.stderr).contains("no tunnel token"));
 }
+
+#[test]
+fn check_config_takes_the_file_as_config_flag_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.toml",
+        "[[route]]\ndestination = \"127.20.0.0/16\"\nports = \"8080\"\n",
+    );
+    let encoded = token().encode();
+    for args in [
+        ["check-config", "--config", file.as_str()],
+        ["check-config", "-c", file.as_str()],
+    ] {
+        let out = underpass(&args, Some(&encoded));
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(stdout.contains(&format!("{file}: OK")), "{stdout}");
+        assert!(stdout.contains("127.20.0.0/16 ports 8080"), "{stdout}");
+    }
+    // Both at once is ambiguous.
+    let out = underpass(&["check-config", &file, "--config", &file], Some(&encoded));
+    assert_eq!(out.status.code(), Some(EX_USAGE));
+    // Neither: the file `run` and the unit use.
+    let default = "/etc/underpass/connector.toml";
+    if !Path::new(default).exists() {
+        let out = underpass(&["check-config"], Some(&encoded));
+        assert_eq!(out.status.code(), Some(EX_USAGE));
+        assert!(text(&out.stderr).contains(default), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn help_lists_the_environment_files_and_exit_statuses() {
+    for args in [&["--help"][..], &["run", "--help"], &["help", "run"]] {
+        let out = underpass(args, None);
+        let help = text(&out.stdout);
+        assert!(out.status.success(), "{args:?}");
+        for needle in [
+            "UNDERPASS_TOKEN",
+            "RUST_LOG",
+            "CREDENTIALS_DIRECTORY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "/run/secrets/underpass-token",
+            "/etc/underpass/connector.toml",
+            "Exit status",
+            "  0 ",
+            "  64 ",
+            "  1 ",
+        ] {
+            assert!(help.contains(needle), "{args:?}: no {needle:?} in\n{help}");
+        }
+    }
+    // The short help points at the long one.
+    let short = text(&underpass(&["-h"], None).stdout);
+    assert!(short.contains("underpass --help"), "{short}");
+    let out = underpass(&["service", "install", "--help"], None);
+    assert!(text(&out.stdout).contains("tunnel.token"));
+}

@@ -369,6 +369,67 @@ fn token_precedence_flag_then_env_then_file() {
 }
 
 #[test]
+fn systemd_credential_then_container_secret_after_everything_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let secret = dir.path().join("underpass-token");
+    let host = Overrides {
+        credentials_dir: Some(credentials.clone()),
+        secret_file: Some(secret.clone()),
+        ..Overrides::default()
+    };
+    let load = |overrides: &Overrides| ConnectorConfig::load(None, overrides);
+
+    // Neither file exists: no token, and the message says where one may come from.
+    let message = error_naming(load(&host), "LoadCredential=token");
+    assert!(
+        message.contains("/run/secrets/underpass-token"),
+        "{message}"
+    );
+
+    // The secret alone.
+    std::fs::write(&secret, format!("{}\n", token(8).encode())).unwrap();
+    let config = load(&host).unwrap();
+    assert_eq!(
+        (config.token, config.token_source),
+        (token(8), TokenSource::Secret(secret.clone()))
+    );
+
+    // The credential beats the secret.
+    let credential = credentials.join("token");
+    std::fs::write(&credential, token(9).encode()).unwrap();
+    let config = load(&host).unwrap();
+    assert_eq!(
+        (config.token, config.token_source),
+        (token(9), TokenSource::Credential(credential.clone()))
+    );
+
+    // Anything explicit beats both: the environment, and the config file's own token.
+    let config = load(&Overrides {
+        env_token: Some(token(3).encode()),
+        ..host.clone()
+    })
+    .unwrap();
+    assert_eq!(config.token_source, TokenSource::Env);
+    let config =
+        ConnectorConfig::from_toml(&with_token(""), Path::new("c.toml"), dir.path(), &host)
+            .unwrap();
+    assert_eq!(config.token_source, TokenSource::ConfigInline);
+
+    // A credential that is not a token is an error naming it, not a silent fall-through.
+    std::fs::write(&credential, "not a token").unwrap();
+    error_naming(load(&host), "$CREDENTIALS_DIRECTORY/token");
+
+    // A credentials directory without a `token` credential is skipped.
+    std::fs::remove_file(&credential).unwrap();
+    assert_eq!(
+        load(&host).unwrap().token_source,
+        TokenSource::Secret(secret)
+    );
+}
+
+#[test]
 fn route_flags_add_routes() {
     let overrides = Overrides {
         token: Some(token(1).encode()),

@@ -20,9 +20,28 @@ use crate::start::{token_addresses, EdgeError};
 use crate::state::Pki;
 use crate::tunnels::{Tunnel, TunnelStore};
 
+/// What `--help` prints after the options: the environment and the exit status, which clap
+/// does not list by itself (the man page has them too).
+const AFTER_HELP: &str = "\
+Environment:
+  UNDERPASS_EDGE_CONFIG  the config file, when --config is not given
+  UNDERPASS_LOG_FORMAT   the log format (text or json), when --log-format is not given
+  RUST_LOG               the log filter (default: info for serve, warn for the other
+                         commands), e.g. RUST_LOG=underpass_edge=debug
+
+Exit status:
+  0   success (--help and --version included)
+  64  a bad command line or configuration (EX_USAGE)
+  1   any other failure (a port in use, an unreadable state directory, ...)";
+
 /// The Underpass edge: accepts connectors, serves bindings as HTTP forward proxies.
 #[derive(Debug, Parser)]
-#[command(name = "underpass-edge", version, about)]
+#[command(
+    name = "underpass-edge",
+    version = underpass_rt::VERSION,
+    about,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// The edge's config file (TOML).
     #[arg(long, short, global = true, env = "UNDERPASS_EDGE_CONFIG")]
@@ -53,7 +72,8 @@ pub enum Command {
         #[command(subcommand)]
         command: TunnelCommand,
     },
-    /// Validate the config file and exit.
+    /// Validate the config file and exit; warn about networks and services whose tunnel does
+    /// not exist (yet) in the state directory.
     CheckConfig,
 }
 
@@ -131,12 +151,18 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config, path),
         Command::CheckConfig => {
+            let warnings = tunnel_warnings(&config, path);
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             eprintln!(
-                "{}: config is valid ({} network(s), {} service(s), {} binding(s))",
+                "{}: config is valid ({} network(s), {} service(s), {} binding(s), {} \
+                 warning(s))",
                 path.display(),
                 config.networks.len(),
                 config.services.len(),
-                config.bindings.len()
+                config.bindings.len(),
+                warnings.len()
             );
             Ok(())
         }
@@ -157,6 +183,53 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// What `check-config` warns about: networks and services naming a tunnel the state directory
+/// does not have. Not an error: a serving edge answers their bindings 502
+/// `destination_unavailable` until the tunnel is created, and picks it up within
+/// [`REFRESH_INTERVAL`](crate::tunnels::REFRESH_INTERVAL) of `tunnel create`, without a
+/// restart.
+fn tunnel_warnings(config: &EdgeConfig, path: &Path) -> Vec<String> {
+    let store = match TunnelStore::open(&config.state_dir) {
+        Ok(store) => store,
+        Err(error) => {
+            return vec![format!(
+                "cannot read the tunnels ({error}); the tunnel keys of networks and services \
+                 were not checked"
+            )]
+        }
+    };
+    let references = config
+        .networks
+        .iter()
+        .map(|n| ("network", &n.name, &n.tunnel))
+        .chain(
+            config
+                .services
+                .iter()
+                .map(|s| ("service", &s.name, &s.tunnel)),
+        );
+    references
+        .filter(|(_, _, tunnel)| store.resolve(tunnel).is_none())
+        .map(|(kind, name, tunnel)| {
+            // Tunnels are not declared in the config: they come from `tunnel create`.
+            let remedy = match crate::tunnels::parse_tunnel_id(tunnel) {
+                Some(_) => "no tunnel has this id; `underpass-edge tunnel list` shows them".into(),
+                None => format!(
+                    "tunnels are not declared in the config: `underpass-edge --config {} \
+                     tunnel create {tunnel}` creates it",
+                    path.display()
+                ),
+            };
+            format!(
+                "{kind} {name:?}: tunnel = {tunnel:?}: no such tunnel in state_dir {} \
+                 ({remedy}); until then the edge answers its bindings with 502 \
+                 destination_unavailable",
+                config.state_dir.display(),
+            )
+        })
+        .collect()
+}
+
 fn serve(config: EdgeConfig, path: &Path) -> Result<(), EdgeError> {
     let runtime =
         underpass_rt::runtime(config.runtime.worker_threads).map_err(EdgeError::Runtime)?;
@@ -174,9 +247,12 @@ fn tunnel(command: TunnelCommand, config: &EdgeConfig, path: &Path) -> Result<()
             let token = tunnel.token(edges, &config.server_name, pki.ca_pin);
             println!("{}", token.encode());
             eprintln!(
-                "created tunnel {name} (id {}). Keep the token secret; run a connector with\n  \
-                 underpass run --token <TOKEN>\nand serve it from a [[network]] or [[service]] \
-                 with tunnel = \"{name}\" in {}.",
+                "created tunnel {name} (id {}). Keep the token secret: save it to a file only \
+                 the connector's user can read and run\n  \
+                 underpass run --token-file FILE\n(or token_file = \"FILE\" in its config, or \
+                 the token in UNDERPASS_TOKEN; not --token, which other users see in the \
+                 process list), and serve it from a [[network]] or [[service]] with tunnel = \
+                 \"{name}\" in {}.",
                 tunnel.id_hex(),
                 path.display()
             );

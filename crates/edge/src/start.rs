@@ -11,6 +11,12 @@
 //! and let open streams finish within `drain_grace_ms`, cut what is left with resets, wait,
 //! then close the QUIC endpoint. The admin listener is not tracked: it answers (`/ready`: 503)
 //! during the drain and stops when the handle is dropped.
+//!
+//! Under a service manager (`NOTIFY_SOCKET`, `Type=notify`), [`serve`] and
+//! [`serve_with_signals`] report `READY=1` once every listener is bound, a `STATUS=` line
+//! whenever it changes ("2 connectors registered (4 connections), 12 streams", "draining: 3
+//! streams open"), `STOPPING=1` when the drain begins, and `WATCHDOG=1` while the runtime runs
+//! tasks ([`underpass_rt::notify`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +30,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 use underpass_proto::{CloseCode, TunnelToken};
 use underpass_rt::admin::AdminServer;
+use underpass_rt::notify::{Notifier, Reporting};
 use underpass_rt::{Shutdown, Signal, Signals};
 use underpass_transport::quic::{self, QuicListener};
 use underpass_transport::tls;
@@ -37,13 +44,16 @@ use crate::directory::{ConfigDirectory, DirectoryStore, ListenerPlan};
 use crate::front::{self, FrontContext};
 use crate::metrics::EdgeMetrics;
 use crate::model::Binding;
-use crate::registry::Registry;
+use crate::registry::{ConnectionInfo, Registry};
 use crate::server::{self, ServerContext, ServerSettings};
 use crate::state::{self, Pki};
 use crate::tunnels::{Revoked, Tunnel, TunnelStore, REFRESH_INTERVAL};
 
 /// How long, after every task has ended, the closed QUIC endpoint may take to tell the peers.
 const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How often the status line for the service manager is looked at again: stream counts
+/// change without a change of the registry.
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Entry point for running an edge in-process.
 pub struct Edge;
@@ -529,9 +539,11 @@ fn warn_static_changes(started: &EdgeConfig, new: &EdgeConfig) {
 /// Run an edge with `config` until `signal` resolves, then stop it gracefully.
 pub async fn serve(config: EdgeConfig, signal: impl Future<Output = ()>) -> Result<(), EdgeError> {
     let edge = Edge::start(config).await?;
+    let reporting = report_to_manager(&edge);
     signal.await;
     info!("shutting down");
     edge.shutdown().await;
+    drop(reporting);
     Ok(())
 }
 
@@ -543,6 +555,9 @@ pub async fn serve_with_signals(config: EdgeConfig, path: &Path) -> Result<(), E
     // Listening before the edge starts: a signal during the start is not lost.
     let mut signals = Signals::new().map_err(EdgeError::Runtime)?;
     let edge = Edge::start(config).await?;
+    // Dropped when this returns: the manager hears of the drain, and of a live runtime, until
+    // the edge has stopped.
+    let _reporting = report_to_manager(&edge);
     loop {
         match signals.next().await {
             Signal::Terminate => break,
@@ -564,6 +579,60 @@ pub async fn serve_with_signals(config: EdgeConfig, path: &Path) -> Result<(), E
             },
         }
     }
+}
+
+/// Tell the service manager, if there is one, that `edge` is ready (its listeners are bound),
+/// then its status line whenever it changes and `STOPPING=1` once the drain begins, until the
+/// returned guard is dropped.
+fn report_to_manager(edge: &EdgeHandle) -> Reporting {
+    let notifier = Notifier::from_env();
+    let shared = edge.shared.clone();
+    let reporter = notifier.clone();
+    notifier.spawn_reporting(async move {
+        reporter.ready();
+        let mut stopping = false;
+        let mut last = String::new();
+        let mut refresh = tokio::time::interval(STATUS_REFRESH);
+        loop {
+            let draining = shared.shutdown.is_stopping();
+            if draining && !stopping {
+                reporter.stopping();
+                stopping = true;
+            }
+            let status = edge_status(&shared.registry.snapshot(), draining);
+            if status != last {
+                reporter.status(&status);
+                last.clone_from(&status);
+            }
+            let registry = &shared.registry;
+            tokio::select! {
+                () = registry.wait_until(|r| edge_status(&r.snapshot(), draining) != status) => {}
+                () = shared.shutdown.stopping(), if !stopping => {}
+                _ = refresh.tick() => {}
+            }
+        }
+    })
+}
+
+/// The status line: the connectors (and their connections) registered and the streams they
+/// carry, or the drain.
+fn edge_status(connections: &[ConnectionInfo], draining: bool) -> String {
+    let streams: usize = connections.iter().map(|c| c.active_streams).sum();
+    if draining {
+        return format!("draining: {streams} streams open");
+    }
+    let live: Vec<&ConnectionInfo> = connections.iter().filter(|c| !c.draining).collect();
+    if live.is_empty() {
+        return "listening; no connector registered".to_owned();
+    }
+    let mut connectors: Vec<_> = live.iter().map(|c| c.registration.connector_id).collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    format!(
+        "{} connectors registered ({} connections), {streams} streams",
+        connectors.len(),
+        live.len()
+    )
 }
 
 /// Re-read the config file and apply it; a failure is logged and changes nothing.

@@ -63,7 +63,10 @@ fn tunnel_create_prints_only_a_token() -> anyhow::Result<()> {
     assert_eq!(token.edges, ["edge.test:7844", "[::1]:7844"]);
     assert_eq!(token.server_name, "underpass-edge");
     let hint = String::from_utf8(created.stderr.clone())?;
-    assert!(hint.contains("underpass run --token"), "{hint}");
+    // The hint suggests a token file or the environment, never the token on a command line.
+    assert!(hint.contains("underpass run --token-file FILE"), "{hint}");
+    assert!(hint.contains("UNDERPASS_TOKEN"), "{hint}");
+    assert!(!hint.contains("--token <"), "{hint}");
 
     // The CA pin in the token is the pin of the stored CA; secrets are 0600.
     let state = dir.path().join("state");
@@ -197,4 +200,86 @@ fn check_config_accepts_the_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/edge.example.toml");
     let output = edge(&["check-config"], &example);
     assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn check_config_warns_about_a_tunnel_that_does_not_exist() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\n\
+         [[network]]\nname = \"corp\"\ntunnel = \"prod\"\n\
+         [[service]]\nname = \"api\"\ntype = \"http\"\ntunnel = \"staging\"\n\
+         host = { ipv4 = \"127.20.0.10\" }\nhttp_port = 8080\n\
+         [[binding]]\nname = \"NET\"\nlisten = \"127.0.0.1:0\"\nnetwork = \"corp\"\n",
+    )?;
+    // No state directory yet: both references are unknown. A warning, not an error (a serving
+    // edge picks the tunnel up once created), and check-config creates nothing.
+    let output = edge(&["check-config"], &config);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(
+        stderr
+            .contains("warning: network \"corp\": tunnel = \"prod\": no such tunnel in state_dir"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tunnel create prod` creates it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: service \"api\": tunnel = \"staging\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 warning(s)"), "{stderr}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "check-config wrote nothing"
+    );
+
+    // Once the tunnel exists, by name or by id, its references are fine.
+    let created = edge(&["tunnel", "create", "prod"], &config);
+    assert!(created.status.success(), "{created:?}");
+    let token = TunnelToken::decode(&stdout(&created))?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "tunnel = \"staging\"",
+        &format!("tunnel = \"{}\"", hex::encode(token.tunnel_id.0)),
+    );
+    std::fs::write(&config, text)?;
+    let output = edge(&["check-config"], &config);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    assert!(stderr.contains("0 warning(s)"), "{stderr}");
+
+    // An id that names no tunnel says so (`tunnel create` cannot make a given id).
+    let text = std::fs::read_to_string(&config)?
+        .replace(&hex::encode(token.tunnel_id.0), &"ab".repeat(16));
+    std::fs::write(&config, text)?;
+    let output = edge(&["check-config"], &config);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(stderr.contains("no tunnel has this id"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn help_lists_the_environment_and_the_exit_status() -> anyhow::Result<()> {
+    let output = edge_raw(&["--help"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let help = stdout(&output);
+    for expected in [
+        "UNDERPASS_EDGE_CONFIG",
+        "UNDERPASS_LOG_FORMAT",
+        "RUST_LOG",
+        "Exit status:",
+        "64  a bad command line or configuration",
+    ] {
+        assert!(help.contains(expected), "{expected:?} in:\n{help}");
+    }
+    // --version names the commit it was built from.
+    let version = stdout(&edge_raw(&["--version"]));
+    assert!(version.contains("(commit "), "{version}");
+    Ok(())
 }

@@ -9,11 +9,15 @@
 //!   `RUST_LOG`;
 //! - [`admin`]: the admin listener (`/healthz`, `/ready`, `/metrics`); [`metrics`]: helpers for
 //!   the Prometheus registries;
-//! - [`EX_USAGE`] and [`EX_FAILURE`]: the exit codes of both binaries.
+//! - [`notify`]: the service manager's notifications (`READY=1`, `STATUS=`, `STOPPING=1`,
+//!   `WATCHDOG=1` to `NOTIFY_SOCKET`), a no-op without one;
+//! - [`EX_USAGE`] and [`EX_FAILURE`]: the exit codes of both binaries; [`VERSION`]: what
+//!   their `--version` prints.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod metrics;
+pub mod notify;
 mod shutdown;
 
 pub use shutdown::{Shutdown, ShutdownReport};
@@ -21,6 +25,16 @@ pub use shutdown::{Shutdown, ShutdownReport};
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+
+/// What `--version` prints after the program's name: the version and the git commit the
+/// binary was built from (`0.1.0 (commit 0123456789ab)`; `unknown` outside a git checkout
+/// without `UNDERPASS_GIT_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("UNDERPASS_GIT_COMMIT"),
+    ")"
+);
 
 /// Exit status for a bad command line or configuration (sysexits `EX_USAGE`).
 pub const EX_USAGE: u8 = 64;

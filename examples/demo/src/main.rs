@@ -315,7 +315,7 @@ fn print_banner(
     println!(
         "\nUnderpass demo: edge + connector + private services, all on loopback.\n\
          State: {dir}\n\
-         Tunnel token (what `underpass run --token` takes):\n  {token}\n\n\
+         Tunnel token (what `underpass run --token-file FILE` or UNDERPASS_TOKEN takes):\n  {token}\n\n\
          Private services (127.20.0.0/24 plays a private subnet):\n  \
            http://{HTTP_API}   JSON API: GET /users, POST /users (Bearer {API_TOKEN})\n  \
            https://{HTTPS_API}  GET /api/data over TLS (certificate from the demo CA)\n  \

@@ -17,11 +17,11 @@ use underpass_transport::TransportError;
 use super::file::{ConfigFile, EdgeSection, RouteEntry, SecretString};
 use super::{
     ConfigError, ConnectorConfig, DnsSettings, EdgeSettings, Overrides, ReconnectSettings, Route,
-    Timeouts, TokenSource, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_MS, DEFAULT_DNS_TIMEOUT_MS,
-    DEFAULT_DRAIN_MS, DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS, DEFAULT_ORIGIN_IDLE_MS,
-    DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS, DEFAULT_REGISTER_MS,
-    DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS, MAX_STREAMS_LIMIT,
-    TOKEN_ENV,
+    Timeouts, TokenSource, CREDENTIAL_NAME, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_MS,
+    DEFAULT_DNS_TIMEOUT_MS, DEFAULT_DRAIN_MS, DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS,
+    DEFAULT_ORIGIN_IDLE_MS, DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS,
+    DEFAULT_REGISTER_MS, DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS,
+    MAX_STREAMS_LIMIT, TOKEN_ENV,
 };
 
 fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
@@ -227,8 +227,44 @@ fn resolve_token(
             let text = read_token_file(&path, "token_file")?;
             decode_token(&text, "token_file").map(|t| (t, TokenSource::ConfigFile(path)))
         }
-        (None, None) => Err(ConfigError::NoToken),
+        (None, None) => host_token(overrides),
     }
+}
+
+/// The host's token sources, after everything explicit: the systemd credential, then the
+/// container secret, each only when its file exists.
+fn host_token(overrides: &Overrides) -> Result<(TunnelToken, TokenSource), ConfigError> {
+    let credential = overrides
+        .credentials_dir
+        .as_ref()
+        .map(|dir| (dir.join(CREDENTIAL_NAME), "$CREDENTIALS_DIRECTORY/token"));
+    let secret = overrides
+        .secret_file
+        .as_ref()
+        .map(|path| (path.clone(), "secret file"));
+    for (path, key) in [credential, secret].into_iter().flatten() {
+        match std::fs::metadata(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            // Anything else (no permission to look) is worth saying: the file may be there.
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    what: key,
+                    path,
+                    source,
+                })
+            }
+            Ok(_) => {}
+        }
+        let text = read_token_file(&path, key)?;
+        let token = decode_token(&text, key)?;
+        let source = if key == "secret file" {
+            TokenSource::Secret(path)
+        } else {
+            TokenSource::Credential(path)
+        };
+        return Ok((token, source));
+    }
+    Err(ConfigError::NoToken)
 }
 
 fn read_token_file(path: &Path, key: &'static str) -> Result<String, ConfigError> {

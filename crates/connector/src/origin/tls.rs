@@ -5,9 +5,11 @@
 //! Trust anchors are the host's system store plus the service's CA bundle when it has one:
 //! private origins are usually signed by a company CA that is either installed on the host or
 //! given to the service. The system store (rustls-native-certs: files read from disk) is
-//! loaded once, on a blocking thread, the first time a configuration needs it. A CA bundle is
-//! parsed once per distinct bundle: the cache is keyed by the bundle's digest, so a 512 KiB
-//! bundle costs nothing per request.
+//! loaded once, on a blocking thread, the first time a configuration needs it. A host with no
+//! usable store (a `FROM scratch` container, a minimal VM) gets the web roots compiled into the
+//! binary (webpki-roots, Mozilla's set) instead, with one warning: public HTTPS origins still
+//! verify there. A CA bundle is parsed once per distinct bundle: the cache is keyed by the
+//! bundle's digest, so a 512 KiB bundle costs nothing per request.
 
 use std::collections::HashMap;
 use std::io;
@@ -63,11 +65,49 @@ struct ConfigKey {
     http2: bool,
 }
 
+/// Where the trust anchors besides a service's CA bundle come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootsSource {
+    /// The host's system store.
+    System,
+    /// The web roots compiled into the binary: the system store had no usable certificate.
+    Compiled,
+}
+
+/// The trust anchors besides a service's CA bundle, decided once per process.
+#[derive(Debug)]
+struct BaseRoots {
+    store: RootCertStore,
+    source: RootsSource,
+}
+
+impl BaseRoots {
+    /// The system store's certificates when at least one of them is a usable trust anchor,
+    /// else the compiled-in web roots: an empty store would fail every verified origin, and a
+    /// host without one is a packaging accident (a scratch image), not a wish to trust nothing.
+    fn choose(system: Vec<CertificateDer<'static>>) -> Self {
+        let mut store = RootCertStore::empty();
+        let (added, _) = store.add_parsable_certificates(system);
+        if added > 0 {
+            return BaseRoots {
+                store,
+                source: RootsSource::System,
+            };
+        }
+        BaseRoots {
+            store: RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            source: RootsSource::Compiled,
+        }
+    }
+}
+
 /// The rustls client configurations in use, built on first use.
 #[derive(Default)]
 pub(crate) struct TlsConfigs {
     cache: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
-    system_roots: OnceCell<Arc<Vec<CertificateDer<'static>>>>,
+    base_roots: OnceCell<Arc<BaseRoots>>,
 }
 
 impl TlsConfigs {
@@ -87,11 +127,11 @@ impl TlsConfigs {
         if let Some(config) = self.lock().get(&key) {
             return Ok(config.clone());
         }
-        let system_roots = match mode {
-            VerifyMode::Disabled => Arc::default(),
-            VerifyMode::Full | VerifyMode::Ca => self.system_roots().await,
+        let base_roots = match mode {
+            VerifyMode::Disabled => None,
+            VerifyMode::Full | VerifyMode::Ca => Some(self.base_roots().await),
         };
-        let config = Arc::new(build(&key, &system_roots)?);
+        let config = Arc::new(build(&key, base_roots.as_ref().map(|b| &b.store))?);
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED_CONFIGS {
             cache.clear();
@@ -106,37 +146,48 @@ impl TlsConfigs {
     }
 
     /// The system's trust store, read from disk once on a blocking thread (never on the
-    /// runtime's threads).
-    async fn system_roots(&self) -> Arc<Vec<CertificateDer<'static>>> {
-        self.system_roots
+    /// runtime's threads), or the compiled-in web roots when it has no usable certificate.
+    async fn base_roots(&self) -> Arc<BaseRoots> {
+        self.base_roots
             .get_or_init(|| async {
                 let loaded =
                     tokio::task::spawn_blocking(rustls_native_certs::load_native_certs).await;
-                match loaded {
-                    Ok(loaded) => {
-                        for error in &loaded.errors {
+                let (certs, errors) = match loaded {
+                    Ok(loaded) => (
+                        loaded.certs,
+                        loaded.errors.iter().map(ToString::to_string).collect(),
+                    ),
+                    Err(error) => (Vec::new(), vec![error.to_string()]),
+                };
+                let base = BaseRoots::choose(certs);
+                match base.source {
+                    RootsSource::System => {
+                        for error in &errors {
                             warn!(%error, "problem loading a system root certificate");
                         }
-                        debug!(
-                            roots = loaded.certs.len(),
-                            "system root certificates loaded"
-                        );
-                        Arc::new(loaded.certs)
+                        debug!(roots = base.store.len(), "system root certificates loaded");
                     }
-                    Err(error) => {
-                        warn!(%error, "loading the system root certificates failed");
-                        Arc::default()
-                    }
+                    RootsSource::Compiled => warn!(
+                        roots = base.store.len(),
+                        system_store_errors = errors.len(),
+                        first_error = errors.first().map(String::as_str).unwrap_or("none"),
+                        "no usable certificate in the system trust store: HTTPS origins are \
+                         verified against the web roots compiled into the connector (Mozilla's \
+                         set) and the services' CA bundles; install the host's CA certificates \
+                         or set SSL_CERT_FILE to use its store"
+                    ),
                 }
+                Arc::new(base)
             })
             .await
             .clone()
     }
 }
 
+/// `base_roots` is `None` only when nothing is verified.
 fn build(
     key: &ConfigKey,
-    system_roots: &[CertificateDer<'static>],
+    base_roots: Option<&RootCertStore>,
 ) -> Result<ClientConfig, ProxyErrorReply> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -147,7 +198,8 @@ fn build(
             .with_custom_certificate_verifier(Arc::new(NoVerifier(provider())))
             .with_no_client_auth(),
         VerifyMode::Full | VerifyMode::Ca => {
-            let roots = roots(system_roots, key.ca.as_ref())?;
+            let empty = RootCertStore::empty();
+            let roots = roots(base_roots.unwrap_or(&empty), key.ca.as_ref())?;
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| ProxyErrorReply {
@@ -172,13 +224,12 @@ fn build(
     Ok(config)
 }
 
-/// System roots plus the certificates of the CA bundle.
+/// The base roots plus the certificates of the CA bundle.
 fn roots(
-    system_roots: &[CertificateDer<'static>],
+    base: &RootCertStore,
     ca: Option<&CaBundle>,
 ) -> Result<Arc<RootCertStore>, ProxyErrorReply> {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(system_roots.iter().cloned());
+    let mut roots = base.clone();
     if let Some(ca) = ca {
         let certs = CertificateDer::pem_slice_iter(ca.pem().as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -363,6 +414,53 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status, ProxyStatus::TlsCertificateError);
         assert!(err.details.contains("CA bundle"), "{}", err.details);
+    }
+
+    fn self_signed_ca() -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn the_system_store_is_used_when_it_has_a_usable_certificate() {
+        let base = BaseRoots::choose(vec![self_signed_ca()]);
+        assert_eq!(base.source, RootsSource::System);
+        assert_eq!(base.store.len(), 1);
+        // One unusable entry among usable ones does not discard the store.
+        let base = BaseRoots::choose(vec![CertificateDer::from(vec![1, 2, 3]), self_signed_ca()]);
+        assert_eq!(base.source, RootsSource::System);
+        assert_eq!(base.store.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_or_unusable_system_store_falls_back_to_the_compiled_roots() {
+        for system in [Vec::new(), vec![CertificateDer::from(b"not DER".to_vec())]] {
+            let base = BaseRoots::choose(system);
+            assert_eq!(base.source, RootsSource::Compiled);
+            assert_eq!(base.store.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+            assert!(base.store.len() > 100, "the Mozilla set has ~150 roots");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_compiled_roots_verify_and_still_take_a_service_bundle() {
+        let fallback = BaseRoots::choose(Vec::new());
+        let pem = {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.self_signed(&key).unwrap().pem()
+        };
+        let with_bundle = roots(&fallback.store, Some(&CaBundle::new(pem))).unwrap();
+        assert_eq!(with_bundle.len(), fallback.store.len() + 1);
+        let key = ConfigKey {
+            mode: VerifyMode::Full,
+            ca: None,
+            http2: false,
+        };
+        assert!(build(&key, Some(&fallback.store)).is_ok());
     }
 
     #[test]
