@@ -9,11 +9,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
-use underpass_proto::TOKEN_PREFIX;
 use underpass_rt::{init_tracing, runtime, LogFormat, Signal, Signals, EX_FAILURE, EX_USAGE};
 use underpass_transport::tls::EdgeVerification;
 
-use crate::config::{ConfigError, ConnectorConfig, Overrides, DEFAULT_CONFIG_FILE, TOKEN_ENV};
+use crate::config::{
+    redact, ConfigError, ConnectorConfig, Overrides, DEFAULT_CONFIG_FILE, TOKEN_ENV,
+};
 use crate::service::ServiceCommand;
 use crate::supervisor::{Connector, ConnectorError, ConnectorHandle};
 
@@ -310,38 +311,9 @@ fn reload(handle: &ConnectorHandle, args: &RunArgs, overrides: &Overrides) {
     }
 }
 
-/// `text` with anything that looks like a tunnel token replaced by `upt1_***`: a config
-/// parser's message may quote the line it failed on, and that line may hold the token.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(TOKEN_PREFIX) {
-        out.push_str(&rest[..at]);
-        out.push_str(TOKEN_PREFIX);
-        out.push_str("***");
-        let after = &rest[at + TOKEN_PREFIX.len()..];
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '='))
-            .unwrap_or(after.len());
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_redacted() {
-        assert_eq!(
-            redact("1 | token = \"upt1_AbC-d_9=\" x\n  |"),
-            "1 | token = \"upt1_***\" x\n  |"
-        );
-        assert_eq!(redact("no secret here"), "no secret here");
-        assert_eq!(redact("upt1_a upt1_b"), "upt1_*** upt1_***");
-    }
 
     #[test]
     fn run_flags_parse() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use underpass_proto::{AnnouncedRoute, TunnelToken};
+use underpass_proto::{AnnouncedRoute, TunnelToken, TOKEN_PREFIX};
 use underpass_routes::{PortSet, RouteSpec};
 use underpass_rt::LogFormat;
 use underpass_transport::quic::QuicSettings;
@@ -541,4 +541,38 @@ impl ConnectorConfigBuilder {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `text` with anything that looks like a tunnel token replaced by `upt1_***`: a config
+/// parser's message may quote the line it failed on, and that line may hold the token.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(TOKEN_PREFIX) {
+        out.push_str(&rest[..at]);
+        out.push_str(TOKEN_PREFIX);
+        out.push_str("***");
+        let after = &rest[at + TOKEN_PREFIX.len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '='))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_redacted() {
+        assert_eq!(
+            redact("1 | token = \"upt1_AbC-d_9=\" x\n  |"),
+            "1 | token = \"upt1_***\" x\n  |"
+        );
+        assert_eq!(redact("no secret here"), "no secret here");
+        assert_eq!(redact("upt1_a upt1_b"), "upt1_*** upt1_***");
+    }
 }

@@ -17,8 +17,9 @@ use clap::{Args, Subcommand};
 use underpass_proto::{TokenError, TunnelToken};
 use underpass_rt::{EX_FAILURE, EX_USAGE};
 
-use crate::cli::redact;
-use crate::config::{ConfigError, ConnectorConfig, Overrides, DEFAULT_CONFIG_FILE, TOKEN_ENV};
+use crate::config::{
+    redact, ConfigError, ConnectorConfig, Overrides, DEFAULT_CONFIG_FILE, TOKEN_ENV,
+};
 
 /// The unit file shipped in `deploy/systemd/`, installed as is (but see [`UNIT_BINARY`]).
 pub const UNIT: &str = include_str!("../../../deploy/systemd/underpass.service");
