@@ -35,7 +35,7 @@ async fn last_log(nginx: &Nginx) -> serde_json::Value {
         .expect("nginx logged the request")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn service_binding_dials_the_service_whatever_the_url_says() {
     let nginx = Nginx::builder(ip("127.20.10.1"))
         .location(Location::json("/users", r#"[{"name":"Ada"}]"#))
@@ -58,8 +58,9 @@ async fn service_binding_dials_the_service_whatever_the_url_says() {
     assert_eq!(log["http_host"], "internal-api.company.local:9999");
     assert_eq!(log["request_uri"], "/users");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn https_service_uses_the_url_host_for_sni_and_host() {
     let pki = TestPki::new("fetch-test-ca");
     let a = pki.issue(&["a.internal.test", "127.20.11.1"]);
@@ -101,8 +102,9 @@ async fn https_service_uses_the_url_host_for_sni_and_host() {
     .await;
     response.assert_proxy_error(502, "tls_certificate_error");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn network_binding_follows_the_url_and_the_routes() {
     let nginx = Nginx::builder(ip("127.20.12.1"))
         .location(Location::json("/users", r#"[{"name":"Grace"}]"#))
@@ -209,8 +211,9 @@ async fn network_binding_follows_the_url_and_the_routes() {
     .await;
     response.assert_proxy_error(400, "http_request_error");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn verification_modes_against_nginx() {
     let pki = TestPki::new("modes-ca");
     let unknown = TestPki::new("unknown-ca");
@@ -249,8 +252,9 @@ async fn verification_modes_against_nginx() {
     let response = fetch(stack.binding_addr("off"), mismatched).await;
     assert_eq!(response.status, 200, "{}", response.text());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn websocket_upgrade_through_the_edge() {
     let listener = TcpListener::bind("127.20.15.1:0").await.unwrap();
     let origin = listener.local_addr().unwrap();
@@ -309,8 +313,9 @@ async fn websocket_upgrade_through_the_edge() {
     .await;
     response.assert_proxy_error(502, "http_upgrade_failed");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn streamed_response_arrives_chunk_by_chunk() {
     // The origin sends the next event only after the client has received the previous one
     // through the tunnel: a proxy that buffered the response would never see the second.
@@ -369,4 +374,5 @@ async fn streamed_response_arrives_chunk_by_chunk() {
         received_tx.send(()).await.unwrap();
     }
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+}
 }

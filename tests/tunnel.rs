@@ -39,7 +39,7 @@ async fn refused_with(proxy: SocketAddr, target: &str, status: u16, token: &str)
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn redis_ping_with_half_close() {
     let redis = Redis::start(ip("127.20.0.6")).await;
     let stack = Stack::builder()
@@ -60,8 +60,9 @@ async fn redis_ping_with_half_close() {
         .unwrap();
     assert_eq!(reply, b"+PONG\r\n");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn large_and_concurrent_transfers_are_intact() {
     let _turn = heavy_lock().await;
     let echo = EchoServer::start(ip("127.20.1.1"));
@@ -96,6 +97,7 @@ async fn large_and_concurrent_transfers_are_intact() {
             .unwrap();
         assert_eq!(sent, received);
     }
+}
 }
 
 /// Pseudo-random bytes, generated once; the transfers send windows of it.
@@ -160,7 +162,7 @@ async fn roundtrip(tunnel: TcpStream, len: usize, seed: u32) -> ([u8; 32], [u8; 
     (writer.await.unwrap(), hash.finalize().into())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn every_refusal_carries_its_proxy_status() {
     let closed = underpass_e2e::free_port(ip("127.20.2.1"));
     let dns = Dnsmasq::builder(ip("127.20.2.53"))
@@ -215,8 +217,9 @@ async fn every_refusal_carries_its_proxy_status() {
     tunnel.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"hello");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+underpass_e2e::transport_tests! {
 async fn client_close_closes_the_origin_socket() {
     let source = EchoServer::start_with(ip("127.20.4.1"), Behaviour::Source { len: 1 << 30 });
     let stack = Stack::builder()
@@ -245,9 +248,10 @@ async fn client_close_closes_the_origin_socket() {
         source.events()
     );
 }
+}
 
+underpass_e2e::transport_tests! {
 /// A `mode = "tcp"` binding: a plain local port into one TCP service, with no CONNECT.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_binding_forwards_a_plain_port() {
     let _turn = heavy_lock().await;
     let redis = Redis::start(ip("127.20.5.6")).await;
@@ -290,10 +294,11 @@ async fn tcp_binding_forwards_a_plain_port() {
         assert_eq!(sent, received);
     }
 }
+}
 
+underpass_e2e::transport_tests! {
 /// With no protocol to carry a Proxy-Status, a stream that cannot open resets the client
 /// connection instead of ending it cleanly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_binding_resets_the_client_when_the_dial_fails() {
     let closed = underpass_e2e::free_port(ip("127.20.6.1"));
     let unrouted = EchoServer::start(ip("127.20.7.1"));
@@ -328,4 +333,5 @@ async fn tcp_binding_resets_the_client_when_the_dial_fails() {
         "an unrouted service was dialed: {:?}",
         unrouted.events()
     );
+}
 }

@@ -81,9 +81,9 @@ fn assert_users(response: &underpass_e2e::http1::Response, output: &str) {
     );
 }
 
+underpass_e2e::transport_tests! {
 /// `get-users.js` through a VPC Service binding, with workerd run from the config template in
 /// `examples/workerd/config.capnp`: the URL's host only fills `Host`, the service decides.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_users_through_a_vpc_service_binding() {
     let nginx = users_nginx(ip(127, 20, 0, 10)).await;
     let stack = Stack::builder()
@@ -113,11 +113,12 @@ async fn get_users_through_a_vpc_service_binding() {
     assert_eq!(log[0]["request_uri"], "/users");
     assert_eq!(log[0]["http_host"], "internal-api.company.local");
 }
+}
 
+underpass_e2e::transport_tests! {
 /// `get-users.js` through a VPC Network binding: the name is a hostname route resolved by the
 /// connector through a real dnsmasq. The URL carries nginx's port (a network binding dials the
 /// URL's port); that is the only change to the example.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_users_through_a_vpc_network_binding_with_a_hostname_route() {
     let nginx = users_nginx(ip(127, 20, 0, 10)).await;
     let port = nginx.http_addr().port();
@@ -161,10 +162,11 @@ async fn get_users_through_a_vpc_network_binding_with_a_hostname_route() {
         format!("internal-api.company.local:{port}")
     );
 }
+}
 
+underpass_e2e::transport_tests! {
 /// `post-user.js`: the JSON body and `Authorization: Bearer …` reach nginx intact, the
 /// created user comes back; a second service answering 409 takes the `!response.ok` branch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_user_reaches_the_origin_and_reports_a_refusal() {
     let created = r#"{"id":42,"name":"John Doe","email":"john@example.com"}"#;
     let accepting = Nginx::builder(ip(127, 20, 0, 12))
@@ -238,10 +240,11 @@ async fn post_user_reaches_the_origin_and_reports_a_refusal() {
     assert_eq!(log[0]["request_method"], "POST");
     assert_eq!(log[0]["status"], "409");
 }
+}
 
+underpass_e2e::transport_tests! {
 /// `fetch-https.js`: `https://127.20.0.50/api/data` reaches an nginx HTTPS origin whose
 /// certificate comes from a test CA the service trusts (`verify_full`: chain and IP name).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_https_origin_through_a_vpc_service_binding() {
     let pki = TestPki::new("Underpass workerd test CA");
     let cert = pki.issue(&["127.20.0.50"]);
@@ -279,10 +282,11 @@ async fn fetch_https_origin_through_a_vpc_service_binding() {
     assert_eq!(details["request_uri"], "/api/data", "{details}");
     assert_eq!(details["host"], "127.20.0.50", "{details}");
 }
+}
 
+underpass_e2e::transport_tests! {
 /// `connect-redis-string.js` and `connect-redis-object.js` against a real redis-server:
 /// `PING`, `writer.close()` (a half-close that must not end the reply), `+PONG` back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_redis_pings_in_both_address_forms() {
     let redis = Redis::start(ip(127, 20, 0, 50)).await;
     let addr = redis.addr().to_string();
@@ -327,10 +331,11 @@ async fn connect_to_redis_pings_in_both_address_forms() {
         );
     }
 }
+}
 
+underpass_e2e::transport_tests! {
 /// `connect()` to an address on the connector's deny list: `socket.opened` rejects (workerd
 /// does not throw from `connect()` itself), and nothing reaches the denied host.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_a_denied_destination_rejects_socket_opened() {
     let denied = EchoServer::start(ip(127, 20, 0, 99));
     let stack = Stack::builder()
@@ -364,9 +369,10 @@ async fn connect_to_a_denied_destination_rejects_socket_opened() {
         "no connection reached the denied host"
     );
 }
+}
 
+underpass_e2e::transport_tests! {
 /// `fetch()` to a closed port: the Worker gets the proxy's 5xx and its `Proxy-Status` header.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_to_a_closed_port_returns_the_proxy_status() {
     let closed = SocketAddr::new(ip(127, 20, 0, 30), free_port(ip(127, 20, 0, 30)));
     let stack = Stack::builder()
@@ -404,11 +410,12 @@ async fn fetch_to_a_closed_port_returns_the_proxy_status() {
         "the Worker gets the proxy's 502 and its Proxy-Status: {seen}"
     );
 }
+}
 
+underpass_e2e::transport_tests! {
 /// An `AbortController` abort of a pending `fetch()` closes the origin's connection. The
 /// Worker aborts only after the origin has the request (a second fetch is the signal), so no
 /// timing decides the outcome.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_of_a_slow_fetch_closes_the_origin_request() {
     let origin = SlowOrigin::start(ip(127, 20, 0, 60)).await;
     let stack = Stack::builder()
@@ -445,6 +452,7 @@ async fn abort_of_a_slow_fetch_closes_the_origin_request() {
         state.slow_closed.is_some(),
         "the origin saw its connection closed within {CLOSE_DEADLINE:?}: {state:?}"
     );
+}
 }
 
 /// The config files in `examples/` load as a user would use them.

@@ -225,10 +225,17 @@ impl UnderpassSetup {
             .filter(|n| !n.is_empty())
             .map(|n| format!("connections = {n}\n"))
             .unwrap_or_default();
+        // The transport: the connector's default unless the run asks for one
+        // (`scripts/bench --protocol P`).
+        let protocol = std::env::var("UNDERPASS_BENCH_PROTOCOL")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("protocol = \"{p}\"\n"))
+            .unwrap_or_default();
         fs::write(
             dir.join("connector.toml"),
             format!(
-                "token_file = \"token\"\n{connections}\n[[route]]\ndestination = \"127.0.0.0/8\"\n\n\
+                "token_file = \"token\"\n{connections}{protocol}\n[[route]]\ndestination = \"127.0.0.0/8\"\n\n\
                  [dns]\nresolvers = [\"127.0.0.1:1\"]\n\n[limits]\nmax_streams = 30000\n"
             ),
         )?;

@@ -9,7 +9,7 @@
 //! sections name fixed ports (use [`crate::free_port`]); `127.0.0.1:0` gets a new port per run.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,15 +30,14 @@ use crate::process::{read_lossy, ChildGuard, STARTUP_TIMEOUT};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// A UDP port free on `ip` now (found by binding port 0).
+/// A UDP port free on `ip` now.
 ///
 /// # Panics
 /// When `ip` cannot be bound.
+///
+/// Free on TCP as well: the edge listens for HTTP/2 on the same port number.
 pub fn free_udp_port(ip: IpAddr) -> u16 {
-    UdpSocket::bind(SocketAddr::new(ip, 0))
-        .and_then(|socket| socket.local_addr())
-        .unwrap_or_else(|e| panic!("cannot bind a UDP socket on {ip}: {e}"))
-        .port()
+    crate::ports::free_tcp_udp_port(ip)
 }
 
 /// An edge's config and state, on a fixed QUIC address; start it as often as needed.

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tempfile::TempDir;
+use underpass_connector::config::ProtocolChoice;
 use underpass_connector::{ConnectorConfig, ConnectorHandle};
 use underpass_edge::config::{
     BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, NetworkConfig, ServiceConfig,
@@ -19,6 +20,58 @@ pub const TUNNEL: &str = "e2e-tests";
 
 /// How long the connector may take to register (guards a hang only).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
+
+tokio::task_local! {
+    /// The transport the stacks started by the current test use ([`on_transport`]).
+    static TRANSPORT: ProtocolChoice;
+}
+
+/// Runs `test` with every [`Stack`] it starts on `protocol` (`quic` or `http2`, forced: no
+/// fallback). [`transport_tests!`](crate::transport_tests) writes one test per transport
+/// around one body with it; outside it, stacks use QUIC.
+pub async fn on_transport<F: std::future::Future>(protocol: ProtocolChoice, test: F) -> F::Output {
+    TRANSPORT.scope(protocol, test).await
+}
+
+/// The transport of the current test's stacks.
+pub fn transport() -> ProtocolChoice {
+    TRANSPORT.try_with(|p| *p).unwrap_or(ProtocolChoice::Quic)
+}
+
+/// One test body, run once over each transport: `transport_tests! { async fn name() { ... } }`
+/// makes the tests `name::quic` and `name::http2` (attributes such as `#[ignore]` go on both).
+/// Every [`Stack`] the body starts uses that test's transport.
+#[macro_export]
+macro_rules! transport_tests {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn quic() {
+                    $crate::stack::on_transport(
+                        underpass_connector::config::ProtocolChoice::Quic,
+                        async $body,
+                    )
+                    .await
+                }
+
+                $(#[$meta])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn http2() {
+                    $crate::stack::on_transport(
+                        underpass_connector::config::ProtocolChoice::Http2,
+                        async $body,
+                    )
+                    .await
+                }
+            }
+        )*
+    };
+}
 
 /// A VPC Service for a test: an HTTP or HTTPS origin at a loopback address.
 #[derive(Debug, Clone)]
@@ -208,7 +261,8 @@ impl StackBuilder {
         if !self.resolvers.is_empty() {
             connector = connector.resolvers(&self.resolvers);
         }
-        let connector = connector.build().expect("a valid connector config");
+        let mut connector = connector.build().expect("a valid connector config");
+        connector.protocol = transport();
         let connector =
             underpass_connector::Connector::start(connector).expect("the connector starts");
         connector

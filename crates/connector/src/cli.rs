@@ -13,7 +13,7 @@ use underpass_rt::{init_tracing, runtime, LogFormat, Signal, Signals, EX_FAILURE
 use underpass_transport::tls::EdgeVerification;
 
 use crate::config::{
-    redact, ConfigError, ConnectorConfig, Overrides, DEFAULT_CONFIG_FILE, TOKEN_ENV,
+    redact, ConfigError, ConnectorConfig, Overrides, ProtocolChoice, DEFAULT_CONFIG_FILE, TOKEN_ENV,
 };
 use crate::service::ServiceCommand;
 use crate::supervisor::{Connector, ConnectorError, ConnectorHandle};
@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// Log format: `text` or `json` (one JSON object a line). Overrides `log_format`.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Transport to the edge: `auto` (QUIC, falling back to HTTP/2 per connection where UDP
+    /// is blocked, and back), `quic` or `http2`. Overrides `protocol`.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Option<ProtocolChoice>,
 }
 
 /// `underpass check-config`.
@@ -195,6 +199,9 @@ fn load(args: &RunArgs, overrides: &Overrides) -> Result<ConnectorConfig, Config
     }
     if let Some(format) = args.log_format {
         config.log_format = format;
+    }
+    if let Some(protocol) = args.protocol {
+        config.protocol = protocol;
     }
     Ok(config)
 }

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use underpass_proto::{AnnouncedRoute, TunnelToken, TOKEN_PREFIX};
 use underpass_routes::{PortSet, RouteSpec};
 use underpass_rt::LogFormat;
+use underpass_transport::h2::H2Config;
 use underpass_transport::quic::QuicSettings;
 use underpass_transport::tls::EdgeVerification;
 
@@ -201,6 +202,54 @@ pub struct EdgeSettings {
     pub server_name: String,
     /// How the edge's certificate is verified.
     pub verification: EdgeVerification,
+    /// The TCP port of the edge's HTTP/2 listener; `None`: the same port as each address.
+    pub http2_port: Option<u16>,
+}
+
+/// Which transport the connector's connections use (`protocol`, `--protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolChoice {
+    /// QUIC first; a connection that cannot establish QUIC falls back to HTTP/2, and moves
+    /// back to QUIC once a background probe finds it working (the default).
+    #[default]
+    Auto,
+    /// QUIC only (UDP).
+    Quic,
+    /// HTTP/2 over TLS only (TCP), for networks that block UDP.
+    Http2,
+}
+
+impl ProtocolChoice {
+    /// The name in the config file and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolChoice::Auto => "auto",
+            ProtocolChoice::Quic => "quic",
+            ProtocolChoice::Http2 => "http2",
+        }
+    }
+}
+
+impl fmt::Display for ProtocolChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProtocolChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ProtocolChoice::Auto),
+            "quic" => Ok(ProtocolChoice::Quic),
+            "http2" => Ok(ProtocolChoice::Http2),
+            other => Err(format!(
+                "unknown protocol {other:?}: expected auto, quic or http2"
+            )),
+        }
+    }
 }
 
 /// Reconnect backoff: full jitter between zero and an exponentially growing ceiling.
@@ -237,8 +286,15 @@ pub struct ConnectorConfig {
     pub max_streams: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Which transport the connections use (`protocol`).
+    pub protocol: ProtocolChoice,
     /// QUIC tuning.
     pub quic: QuicSettings,
+    /// HTTP/2 tuning (`[http2]`).
+    pub http2: H2Config,
+    /// While `protocol = "auto"` has fallen back to HTTP/2: how often QUIC is tried again
+    /// (full-jitter backoff between `reconnect.quic_probe_initial_ms` and `_max_ms`).
+    pub quic_probe: ReconnectSettings,
     /// The edge.
     pub edge: EdgeSettings,
     /// Reconnect backoff.
@@ -289,6 +345,10 @@ pub const DEFAULT_DNS_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 1_000;
 /// Default `reconnect.max_ms`.
 pub const DEFAULT_RECONNECT_MAX_MS: u64 = 60_000;
+/// Default `reconnect.quic_probe_initial_ms`.
+pub const DEFAULT_QUIC_PROBE_INITIAL_MS: u64 = 10_000;
+/// Default `reconnect.quic_probe_max_ms`.
+pub const DEFAULT_QUIC_PROBE_MAX_MS: u64 = 300_000;
 
 impl ConnectorConfig {
     /// Load and validate a config file, with token sources from outside the file.
@@ -359,6 +419,7 @@ impl ConnectorConfig {
             verification_summary(&self.edge.verification)
         ));
         out.push_str(&format!("connections:   {}\n", self.connections));
+        out.push_str(&format!("protocol:      {}\n", self.protocol));
         out.push_str(&format!("routes:        {}\n", self.routes.len()));
         for route in &self.routes {
             let ports = match route.ports_text.as_deref().map(str::trim) {

@@ -4,6 +4,7 @@
 //! | metric | type | labels | what |
 //! |---|---|---|---|
 //! | `underpass_connector_connections` | gauge | `state` (`connecting`, `registered`, `refused`, `failed`, `draining`), `edge` | connections to the edge, by state and configured edge address |
+//! | `underpass_connector_registered_connections` | gauge | `protocol` (`quic`, `http2`) | registered connections, by transport |
 //! | `underpass_connector_registrations_total` | counter | `outcome` (`accepted`, `refused`, `failed`) | connection attempts, by how they ended |
 //! | `underpass_connector_streams_active` | gauge | `kind` (`fetch`, `connect`, `tcp`) | streams being served now |
 //! | `underpass_connector_streams_total` | counter | `kind` | streams served (counted once their header is read) |
@@ -93,6 +94,8 @@ struct LiveConnection {
 struct SlotGauge {
     state: &'static str,
     edge: String,
+    /// The transport of the registered connection (`quic`, `http2`).
+    protocol: &'static str,
 }
 
 /// Latency histograms the dialer records into (cheap to clone).
@@ -106,6 +109,7 @@ pub(crate) struct DialMetrics {
 pub(crate) struct ConnectorMetrics {
     registry: Registry,
     connections: Family<Labels2, Gauge>,
+    protocols: Family<Labels1, Gauge>,
     registrations: Family<Labels1, Counter>,
     streams_active: Family<Labels1, Gauge>,
     streams: Family<Labels1, Counter>,
@@ -151,6 +155,12 @@ impl ConnectorMetrics {
             "connector_connections",
             "Connections to the edge, by state and configured edge address",
             connections.clone(),
+        );
+        let protocols = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "connector_registered_connections",
+            "Registered connections to the edge, by transport (quic, http2)",
+            protocols.clone(),
         );
         let registrations = Family::<Labels1, Counter>::default();
         registry.register(
@@ -216,12 +226,14 @@ impl ConnectorMetrics {
             SlotGauge {
                 state: "connecting",
                 edge: String::new(),
+                protocol: "",
             };
             slots
         ];
         ConnectorMetrics {
             registry,
             connections,
+            protocols,
             registrations,
             streams_active,
             streams,
@@ -244,6 +256,13 @@ impl ConnectorMetrics {
     }
 
     /// Slot `index` is now in `state` towards `edge`.
+    /// Slot `index` registered a connection over `protocol`.
+    pub(crate) fn slot_protocol(&self, index: u8, protocol: &'static str) {
+        if let Some(slot) = lock(&self.slots).get_mut(usize::from(index)) {
+            slot.protocol = protocol;
+        }
+    }
+
     pub(crate) fn slot_state(&self, index: u8, state: &'static str, edge: &str) {
         if let Some(slot) = lock(&self.slots).get_mut(usize::from(index)) {
             slot.state = state;
@@ -366,7 +385,18 @@ impl ConnectorMetrics {
     pub(crate) fn render(&self, draining_all: bool) -> String {
         let _scrape = lock(&self.scrape);
         self.connections.clear();
+        self.protocols.clear();
+        for protocol in ["quic", "http2"] {
+            self.protocols
+                .get_or_create(&[("protocol", protocol.to_owned())])
+                .set(0);
+        }
         for slot in lock(&self.slots).iter() {
+            if slot.state == "registered" && !slot.protocol.is_empty() {
+                self.protocols
+                    .get_or_create(&[("protocol", slot.protocol.to_owned())])
+                    .inc();
+            }
             let state = if draining_all && slot.state == "registered" {
                 "draining"
             } else {
@@ -462,6 +492,7 @@ mod tests {
     fn renders_every_family_with_the_counts_given() {
         let metrics = Arc::new(ConnectorMetrics::new(2));
         metrics.slot_state(0, "registered", "127.0.0.1:7844");
+        metrics.slot_protocol(0, "http2");
         metrics.slot_state(1, "failed", "edge.invalid:7844");
         metrics.registration(Registration::Accepted);
         metrics.registration(Registration::Failed);
@@ -471,6 +502,13 @@ mod tests {
             let text = metrics.render(false);
             assert!(
                 text.contains(r#"underpass_connector_streams_active{kind="connect"} 1"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"underpass_connector_registered_connections{protocol="http2"} 1"#)
+                    && text.contains(
+                        r#"underpass_connector_registered_connections{protocol="quic"} 0"#
+                    ),
                 "{text}"
             );
         }

@@ -218,6 +218,13 @@ async fn exchange<C: Connection>(
     }
 }
 
+impl Registered<underpass_transport::AnyConnection> {
+    /// The transport the connection runs on.
+    pub(crate) fn protocol(&self) -> underpass_transport::Protocol {
+        self.conn.protocol()
+    }
+}
+
 impl<C: Connection> Registered<C> {
     /// What the edge answered.
     pub(crate) fn accepted(&self) -> &RegisterAccepted {

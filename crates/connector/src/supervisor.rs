@@ -23,24 +23,26 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, RngCore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info, info_span, warn, Instrument, Span};
+use tracing::{debug, error, info, info_span, warn, Instrument, Span};
 use underpass_proto::authority::parse_authority;
 use underpass_proto::{AnnouncedRoute, ConnectorId, Host, RefuseReason};
 use underpass_rt::admin::{AdminHandler, AdminServer};
 use underpass_rt::notify::Notifier;
 use underpass_rt::Shutdown;
+use underpass_transport::h2::{self, H2Dialer};
 use underpass_transport::quic::{QuicDialer, ALPN};
 use underpass_transport::tls::{self, EdgeVerification, TlsError};
-use underpass_transport::{AnyDialer, Dialer as _, TransportError};
+use underpass_transport::{AnyConnection, AnyDialer, Dialer as _, Protocol, TransportError};
 
 use crate::backoff::Backoff;
-use crate::config::ConnectorConfig;
+use crate::config::{ConnectorConfig, ProtocolChoice};
 use crate::metrics::{ConnectorMetrics, Registration};
 use crate::reload::{self, ReloadError, ReloadReport};
 use crate::resolve::SystemDnsError;
@@ -53,6 +55,9 @@ use crate::streams::StreamContext;
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a stopping slot waits for its close frames to leave.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// With `protocol = "auto"`, how long a QUIC handshake may take before the connection falls
+/// back to HTTP/2 (a QUIC handshake takes one round trip; a blocked UDP path answers never).
+const AUTO_QUIC_TIMEOUT: Duration = Duration::from_secs(3);
 /// After the edge drained a connection that had been up for a while (the edge restarts), the
 /// slot redials after a random delay up to this: soon, but not all connectors at once.
 const DRAINED_REDIAL: Duration = Duration::from_millis(500);
@@ -140,6 +145,8 @@ pub enum WaitError {
 pub struct Connector {
     config: Arc<ConnectorConfig>,
     tls: Arc<rustls::ClientConfig>,
+    /// The same verification, offering HTTP/2's ALPN.
+    tls_h2: Arc<rustls::ClientConfig>,
     connector_id: ConnectorId,
     session: Arc<SessionSettings>,
     streams: Arc<StreamContext>,
@@ -206,6 +213,7 @@ impl Connector {
             warn!("no routes configured: every stream will be refused");
         }
         let tls = tls::client_config(&config.edge.verification, &[ALPN])?;
+        let tls_h2 = tls::client_config(&config.edge.verification, &[h2::ALPN])?;
         let mut id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut id);
         let connector_id = ConnectorId(id);
@@ -228,6 +236,7 @@ impl Connector {
             session: Arc::new(SessionSettings::new(&config, connector_id, routes_rx)),
             config: Arc::new(config),
             tls: Arc::new(tls),
+            tls_h2: Arc::new(tls_h2),
             connector_id,
             streams,
             states,
@@ -321,6 +330,7 @@ impl Connector {
                 index,
                 config: config.clone(),
                 tls: self.tls.clone(),
+                tls_h2: self.tls_h2.clone(),
                 session: self.session.clone(),
                 streams: self.streams.clone(),
                 states: self.states.clone(),
@@ -625,6 +635,7 @@ struct Slot {
     index: u8,
     config: Arc<ConnectorConfig>,
     tls: Arc<rustls::ClientConfig>,
+    tls_h2: Arc<rustls::ClientConfig>,
     session: Arc<SessionSettings>,
     streams: Arc<StreamContext>,
     states: watch::Sender<Vec<ConnectionState>>,
@@ -652,6 +663,7 @@ impl Slot {
                 "connection",
                 edge = %edge,
                 addr = tracing::field::Empty,
+                protocol = tracing::field::Empty,
                 connection_id = tracing::field::Empty,
             );
             let end = self
@@ -746,34 +758,165 @@ impl Slot {
             () = self.shutdown.stopping() => return SessionEnd::Stopped,
         };
         Span::current().record("addr", tracing::field::display(addr));
-        let dialer = match dialers.for_edge(addr, &self.tls, &self.config) {
+        let order: &[Protocol] = match self.config.protocol {
+            ProtocolChoice::Quic => &[Protocol::Quic],
+            ProtocolChoice::Http2 => &[Protocol::Http2],
+            ProtocolChoice::Auto => &[Protocol::Quic, Protocol::Http2],
+        };
+        let mut failures = Vec::new();
+        let mut dialed = None;
+        for &protocol in order {
+            match self.dial(protocol, addr, dialers).await {
+                Dialed::Connected(conn) => {
+                    dialed = Some(conn);
+                    break;
+                }
+                Dialed::Stopped => return SessionEnd::Stopped,
+                Dialed::Failed(error) => {
+                    if protocol == Protocol::Quic && order.len() > 1 {
+                        warn!(
+                            %error,
+                            "cannot establish QUIC with the edge (UDP blocked?); falling back \
+                             to HTTP/2 over TCP for this connection, and trying QUIC again in \
+                             the background"
+                        );
+                    }
+                    failures.push(error);
+                }
+            }
+        }
+        let Some(conn) = dialed else {
+            return SessionEnd::Failed(failures.join("; then "));
+        };
+        let protocol = conn.protocol();
+        Span::current().record("protocol", protocol.as_str());
+        let part = self.shutdown.linked();
+        let registered = match session::register(conn, &self.session, self.index, &part).await {
+            Ok(registered) => registered,
+            Err(end) => return end,
+        };
+        let mut serving = self.registered(registered, edge, part.clone());
+        if protocol == Protocol::Quic || self.config.protocol != ProtocolChoice::Auto {
+            return serving.await;
+        }
+        // On HTTP/2 because QUIC failed: probe QUIC in the background, with backoff, while
+        // this connection serves. Once QUIC works, its connection registers first, then this
+        // one drains (its open streams finish on it; the edge sends it no new ones).
+        let mut probes = Backoff::new(self.config.quic_probe);
+        loop {
+            let delay = probes.next_delay(Duration::ZERO);
+            let next = self.shutdown.linked();
+            let moved = tokio::select! {
+                end = &mut serving => return end,
+                moved = self.probe_quic(addr, dialers, delay, &next) => moved,
+            };
+            let Some(moved) = moved else {
+                if self.shutdown.is_stopping() {
+                    // No more probes: the HTTP/2 connection drains like any other.
+                    return serving.await;
+                }
+                continue;
+            };
+            info!(
+                connection_id = moved.accepted().connection_id,
+                "QUIC works again: this connection moved back to QUIC; draining its HTTP/2 \
+                 connection"
+            );
+            Span::current().record("protocol", Protocol::Quic.as_str());
+            part.stop();
+            let old = std::mem::replace(&mut serving, self.registered(moved, edge, next));
+            self.shutdown.spawn(old);
+            return serving.await;
+        }
+    }
+
+    /// Dial `addr` over `protocol` within the registration timeout (QUIC in `auto` within
+    /// [`AUTO_QUIC_TIMEOUT`], so that a blocked UDP path falls back soon).
+    async fn dial(&self, protocol: Protocol, addr: SocketAddr, dialers: &mut Dialers) -> Dialed {
+        let auto_quic = protocol == Protocol::Quic && self.config.protocol == ProtocolChoice::Auto;
+        let timeout = if auto_quic {
+            self.config.timeouts.register.min(AUTO_QUIC_TIMEOUT)
+        } else {
+            self.config.timeouts.register
+        };
+        let target = match protocol {
+            Protocol::Quic => addr,
+            Protocol::Http2 => SocketAddr::new(
+                addr.ip(),
+                self.config.edge.http2_port.unwrap_or(addr.port()),
+            ),
+        };
+        let dialer = match dialers.get(protocol, target, self) {
             Ok(dialer) => dialer,
             Err(error) => {
-                return SessionEnd::Failed(format!("cannot create QUIC endpoint: {error}"))
+                return Dialed::Failed(format!("cannot create the {protocol} endpoint: {error}"))
             }
         };
         let server_name = &self.config.edge.server_name;
-        let conn = tokio::select! {
-            conn = tokio::time::timeout(timeout, dialer.connect(addr, server_name)) => match conn {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(error)) => {
-                    return SessionEnd::Failed(handshake_failure(
+        tokio::select! {
+            conn = tokio::time::timeout(timeout, dialer.connect(target, server_name)) => {
+                match conn {
+                    Ok(Ok(conn)) => Dialed::Connected(conn),
+                    Ok(Err(error)) => Dialed::Failed(handshake_failure(
                         &error,
-                        addr,
+                        protocol,
+                        target,
                         &self.config.edge.verification,
                         server_name,
-                    ))
+                    )),
+                    Err(_) => Dialed::Failed(unreachable(protocol, target, timeout)),
                 }
-                Err(_) => return SessionEnd::Failed(unreachable(addr, timeout)),
-            },
-            () = self.shutdown.stopping() => return SessionEnd::Stopped,
+            }
+            () = self.shutdown.stopping() => Dialed::Stopped,
+        }
+    }
+
+    /// After `delay`, try QUIC to `addr` and register a connection over it under `part`;
+    /// `None` when either fails (logged at debug: the HTTP/2 connection goes on serving).
+    async fn probe_quic(
+        &self,
+        addr: SocketAddr,
+        dialers: &mut Dialers,
+        delay: Duration,
+        part: &Shutdown,
+    ) -> Option<session::Registered<AnyConnection>> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.shutdown.stopping() => return None,
+        }
+        let conn = match self.dial(Protocol::Quic, addr, dialers).await {
+            Dialed::Connected(conn) => conn,
+            Dialed::Failed(error) => {
+                debug!(%error, "QUIC probe failed; staying on HTTP/2");
+                return None;
+            }
+            Dialed::Stopped => return None,
         };
-        let registered =
-            match session::register(conn, &self.session, self.index, &self.shutdown).await {
-                Ok(registered) => registered,
-                Err(end) => return end,
-            };
+        match session::register(conn, &self.session, self.index, part).await {
+            Ok(registered) => Some(registered),
+            Err(end) => {
+                let why = match end {
+                    SessionEnd::Failed(error) => error,
+                    SessionEnd::Refused(refused) => refused.message,
+                    _ => "the connection ended".to_owned(),
+                };
+                debug!(%why, "registration over QUIC failed; staying on HTTP/2");
+                None
+            }
+        }
+    }
+
+    /// Record `registered` as the slot's connection and serve it under `part`, as a future
+    /// that owns what it needs (so that a connection being replaced can drain in a task).
+    fn registered(
+        &self,
+        registered: session::Registered<AnyConnection>,
+        edge: &str,
+        part: Shutdown,
+    ) -> Pin<Box<dyn Future<Output = SessionEnd> + Send>> {
         self.metrics.registration(Registration::Accepted);
+        self.metrics
+            .slot_protocol(self.index, registered.protocol().as_str());
         let accepted = registered.accepted();
         self.set_state(
             ConnectionState::Registered {
@@ -782,9 +925,8 @@ impl Slot {
             },
             edge,
         );
-        registered
-            .serve(self.streams.clone(), &self.session, &self.shutdown)
-            .await
+        let (streams, settings) = (self.streams.clone(), self.session.clone());
+        Box::pin(async move { registered.serve(streams, &settings, &part).await }.in_current_span())
     }
 
     fn set_state(&self, state: ConnectionState, edge: &str) {
@@ -865,12 +1007,21 @@ fn refusal_hint(reason: RefuseReason) -> &'static str {
     }
 }
 
+/// The transport layer `protocol` runs on, for messages ("UDP", "TCP").
+fn carrier(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Quic => "UDP",
+        Protocol::Http2 => "TCP",
+    }
+}
+
 /// The message for an edge that did not answer the handshake in time.
-fn unreachable(addr: SocketAddr, timeout: Duration) -> String {
+fn unreachable(protocol: Protocol, addr: SocketAddr, timeout: Duration) -> String {
+    let carrier = carrier(protocol);
     format!(
-        "no answer from the edge at {addr} (UDP port {port}) within {ms} ms: check that the \
-         edge is running and listening there, and that firewalls allow outbound UDP to {ip} \
-         port {port}",
+        "no answer from the edge at {addr} over {protocol} ({carrier} port {port}) within {ms} \
+         ms: check that the edge is running and listening there, and that firewalls allow \
+         outbound {carrier} to {ip} port {port}",
         port = addr.port(),
         ip = addr.ip(),
         ms = timeout.as_millis()
@@ -880,6 +1031,7 @@ fn unreachable(addr: SocketAddr, timeout: Duration) -> String {
 /// A readable message, saying what to do, for a failed QUIC handshake with the edge.
 fn handshake_failure(
     error: &TransportError,
+    protocol: Protocol,
     addr: SocketAddr,
     verification: &EdgeVerification,
     server_name: &str,
@@ -887,7 +1039,7 @@ fn handshake_failure(
     let text = error.to_string();
     let Some((_, detail)) = text.split_once("invalid peer certificate: ") else {
         if text.contains("timed out") {
-            return unreachable_after_idle(addr, &text);
+            return unreachable_after_idle(protocol, addr, &text);
         }
         if text.contains("no application protocol") {
             return format!(
@@ -895,7 +1047,7 @@ fn handshake_failure(
                  the connector or the edge ({text})"
             );
         }
-        return format!("QUIC handshake with the edge at {addr} failed: {text}");
+        return format!("{protocol} handshake with the edge at {addr} failed: {text}");
     };
     let detail = certificate_detail(detail);
     match verification {
@@ -939,11 +1091,12 @@ fn certificate_detail(detail: &str) -> String {
     detail.to_owned()
 }
 
-fn unreachable_after_idle(addr: SocketAddr, text: &str) -> String {
+fn unreachable_after_idle(protocol: Protocol, addr: SocketAddr, text: &str) -> String {
+    let carrier = carrier(protocol);
     format!(
-        "no answer from the edge at {addr} (UDP port {port}): check that the edge is running \
-         and listening there, and that firewalls allow outbound UDP to {ip} port {port} \
-         ({text})",
+        "no answer from the edge at {addr} over {protocol} ({carrier} port {port}): check that \
+         the edge is running and listening there, and that firewalls allow outbound {carrier} \
+         to {ip} port {port} ({text})",
         port = addr.port(),
         ip = addr.ip()
     )
@@ -976,42 +1129,62 @@ async fn resolve_edge(edge: &str, pick: usize) -> Result<SocketAddr, String> {
     Ok(addrs[pick % addrs.len()])
 }
 
-/// The transport endpoints of one slot, one per address family, made when first needed and
-/// kept across reconnects. Sessions see only the connections they dial
-/// ([`AnyConnection`](underpass_transport::AnyConnection)).
+/// The transport endpoints of one slot: a QUIC one per address family and an HTTP/2 one,
+/// made when first needed and kept across reconnects. Sessions see only the connections they
+/// dial ([`AnyConnection`]).
 #[derive(Default)]
 struct Dialers {
     v4: Option<AnyDialer>,
     v6: Option<AnyDialer>,
+    h2: Option<AnyDialer>,
 }
 
 impl Dialers {
-    /// The endpoint for dialing `edge`.
-    fn for_edge(
+    /// The endpoint for dialing `edge` over `protocol`.
+    fn get(
         &mut self,
+        protocol: Protocol,
         edge: SocketAddr,
-        tls: &Arc<rustls::ClientConfig>,
-        config: &ConnectorConfig,
+        slot: &Slot,
     ) -> Result<&AnyDialer, TransportError> {
-        let (slot, bind): (_, SocketAddr) = if edge.is_ipv4() {
-            (&mut self.v4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
-        } else {
-            (&mut self.v6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+        let entry = match protocol {
+            Protocol::Http2 => &mut self.h2,
+            Protocol::Quic if edge.is_ipv4() => &mut self.v4,
+            Protocol::Quic => &mut self.v6,
         };
-        if slot.is_none() {
-            *slot = Some(QuicDialer::new(tls.clone(), &config.quic, bind)?.into());
+        if entry.is_none() {
+            let dialer: AnyDialer = match protocol {
+                Protocol::Http2 => H2Dialer::new(slot.tls_h2.clone(), &slot.config.http2)?.into(),
+                Protocol::Quic => {
+                    let bind: SocketAddr = if edge.is_ipv4() {
+                        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    };
+                    QuicDialer::new(slot.tls.clone(), &slot.config.quic, bind)?.into()
+                }
+            };
+            *entry = Some(dialer);
         }
-        slot.as_ref()
-            .ok_or_else(|| TransportError::Connect("no QUIC endpoint".into()))
+        entry
+            .as_ref()
+            .ok_or_else(|| TransportError::Connect(format!("no {protocol} endpoint")))
     }
 
     /// Let close frames leave, for at most [`CLOSE_FLUSH`].
     async fn wait_idle(&self) {
-        for dialer in [&self.v4, &self.v6].into_iter().flatten() {
+        for dialer in [&self.v4, &self.v6, &self.h2].into_iter().flatten() {
             dialer.close();
             let _ = tokio::time::timeout(CLOSE_FLUSH, dialer.wait_idle()).await;
         }
     }
+}
+
+/// How a dial ended.
+enum Dialed {
+    Connected(AnyConnection),
+    Failed(String),
+    Stopped,
 }
 
 #[cfg(test)]
@@ -1137,10 +1310,16 @@ mod tests {
     #[test]
     fn failures_say_what_to_do() {
         let addr: SocketAddr = "192.0.2.7:7844".parse().expect("addr");
-        let message = unreachable(addr, Duration::from_secs(10));
-        assert!(message.contains("UDP port 7844"), "{message}");
+        let message = unreachable(Protocol::Quic, addr, Duration::from_secs(10));
+        assert!(message.contains("over quic (UDP port 7844)"), "{message}");
         assert!(
             message.contains("firewalls allow outbound UDP to 192.0.2.7"),
+            "{message}"
+        );
+        let message = unreachable(Protocol::Http2, addr, Duration::from_secs(10));
+        assert!(message.contains("over http2 (TCP port 7844)"), "{message}");
+        assert!(
+            message.contains("firewalls allow outbound TCP to 192.0.2.7"),
             "{message}"
         );
         let error = TransportError::Handshake(
@@ -1148,7 +1327,13 @@ mod tests {
              Other(OtherError(edge certificate chain does not contain the pinned CA (sha256:ab)))"
                 .into(),
         );
-        let message = handshake_failure(&error, addr, &EdgeVerification::Pin([0; 32]), "edge");
+        let message = handshake_failure(
+            &error,
+            Protocol::Quic,
+            addr,
+            &EdgeVerification::Pin([0; 32]),
+            "edge",
+        );
         assert!(
             message.contains("get a new token from the edge"),
             "{message}"

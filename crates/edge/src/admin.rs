@@ -121,6 +121,9 @@ pub struct ConnectionView {
     pub index: u8,
     /// Its remote address.
     pub remote: String,
+    /// The transport carrying it (`quic`, `http2`).
+    #[serde(default)]
+    pub protocol: String,
     /// When it registered (RFC 3339, UTC).
     pub connected_since: String,
     /// Whether it is draining (no new streams).
@@ -194,6 +197,7 @@ fn tunnel_info(
             connection_id: info.connection_id,
             index: registration.connection_index,
             remote: registration.remote.to_string(),
+            protocol: registration.protocol.as_str().to_owned(),
             connected_since: rfc3339(since),
             draining: info.draining,
             open_streams: info.active_streams,
@@ -352,16 +356,17 @@ pub(crate) fn render_tunnel_info(info: &TunnelInfo) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<5}  {:<10}  {:<21}  {:<21}  {:<8}  STREAMS",
-            "INDEX", "CONNECTION", "REMOTE", "CONNECTED SINCE", "STATE"
+            "  {:<5}  {:<10}  {:<21}  {:<8}  {:<21}  {:<8}  STREAMS",
+            "INDEX", "CONNECTION", "REMOTE", "PROTOCOL", "CONNECTED SINCE", "STATE"
         );
         for conn in &connector.connections {
             let _ = writeln!(
                 out,
-                "  {:<5}  {:<10}  {:<21}  {:<21}  {:<8}  {}",
+                "  {:<5}  {:<10}  {:<21}  {:<8}  {:<21}  {:<8}  {}",
                 conn.index,
                 conn.connection_id,
                 conn.remote,
+                conn.protocol,
                 conn.connected_since,
                 if conn.draining { "draining" } else { "live" },
                 conn.open_streams
@@ -386,6 +391,7 @@ mod tests {
                 connector_id: ConnectorId([connector; 16]),
                 connection_index: index,
                 remote: "127.0.0.1:5000".parse().unwrap(), // literal
+                protocol: underpass_transport::Protocol::Quic,
                 version: "1.2.3".into(),
                 routes: vec![AnnouncedRoute {
                     destination: "10.0.0.0/8".into(),

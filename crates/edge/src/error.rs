@@ -29,6 +29,14 @@ pub enum EdgeError {
         /// Why.
         source: TransportError,
     },
+    /// The HTTP/2 listener could not be bound.
+    #[error("cannot listen for HTTP/2 (TCP) on {addr} (`listen_http2`): {source}")]
+    Http2 {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: TransportError,
+    },
     /// A binding's listener could not be bound.
     #[error("binding {binding:?}: cannot listen on {addr}: {source}")]
     BindingListen {

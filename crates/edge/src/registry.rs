@@ -38,7 +38,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use underpass_proto::{AnnouncedRoute, ConnectorId, Host, TunnelId};
 use underpass_routes::{parse_route, PortSet, RouteSpec, RouteTable};
-use underpass_transport::{Connection, ConnectionStats, RecvStream, SendStream, StreamError};
+use underpass_transport::{
+    Connection, ConnectionStats, Protocol, RecvStream, SendStream, StreamError,
+};
 
 use crate::config::Unmatched;
 
@@ -64,6 +66,8 @@ pub struct NewConnection {
     pub connection_index: u8,
     /// The connector's address as the edge sees it.
     pub remote: SocketAddr,
+    /// The transport carrying it.
+    pub protocol: Protocol,
     /// The connector's software version.
     pub version: String,
     /// The routes it announced.
@@ -466,9 +470,14 @@ impl<C: Clone> Registry<C> {
                     entries: Vec::new(),
                     cursor: 0,
                 });
+            // The same slot over the same transport: the connector reconnected, the old one
+            // is dead or about to be. Over the other transport it is a move (`auto` going
+            // back to QUIC): the connector drains the old connection itself, and its streams
+            // finish on it.
             let same_slot = tunnel.entries.iter().position(|e| {
                 e.info.registration.connector_id == registration.connector_id
                     && e.info.registration.connection_index == registration.connection_index
+                    && e.info.registration.protocol == registration.protocol
             });
             // A connection that replaces an earlier one of the same slot never counts twice.
             if same_slot.is_none() && tunnel.entries.len() >= MAX_CONNECTIONS_PER_TUNNEL {
@@ -737,6 +746,7 @@ mod tests {
             connector_id: ConnectorId([connector; 16]),
             connection_index: index,
             remote: "127.0.0.1:5000".parse().unwrap(), // literal
+            protocol: Protocol::Quic,
             version: "test".into(),
             routes: vec![route("10.0.0.0/8", &[])],
         }

@@ -31,7 +31,7 @@ use underpass_proto::{
 };
 use underpass_rt::Shutdown;
 use underpass_transport::quic::QuicSettings;
-use underpass_transport::{Connection, Listener, SendStream};
+use underpass_transport::{Connection, Listener, Protocol, SendStream};
 
 use crate::model::{Directory, Tunnel};
 use crate::policy::SentPolicies;
@@ -95,7 +95,11 @@ pub(crate) struct ServerContext<C> {
 /// Accept connectors on `listener` until stopping begins; every connection is served in its
 /// own tracked task. The listener itself is closed by whoever owns it, once those tasks are
 /// done (closing it closes every connection).
-pub(crate) async fn run<L: Listener>(listener: Arc<L>, context: Arc<ServerContext<L::Conn>>) {
+pub(crate) async fn run<L: Listener>(
+    listener: Arc<L>,
+    protocol: Protocol,
+    context: Arc<ServerContext<L::Conn>>,
+) {
     let mut stopping = std::pin::pin!(context.shutdown.stopping());
     loop {
         let accepted = tokio::select! {
@@ -103,12 +107,17 @@ pub(crate) async fn run<L: Listener>(listener: Arc<L>, context: Arc<ServerContex
             accepted = listener.accept() => accepted,
         };
         let Some(conn) = accepted else {
-            warn!("QUIC listener closed; no more connectors accepted");
+            warn!(%protocol, "listener closed; no more connectors accepted over it");
             return;
         };
         let id = context.registry.allocate_id();
-        let span = info_span!("connector", remote = %conn.remote_address(), connection = id);
-        let task = handle_connection(conn, id, context.clone());
+        let span = info_span!(
+            "connector",
+            remote = %conn.remote_address(),
+            %protocol,
+            connection = id
+        );
+        let task = handle_connection(conn, id, protocol, context.clone());
         context.shutdown.spawn_in(span, task);
     }
     let open = context.registry.snapshot().len();
@@ -121,6 +130,7 @@ pub(crate) async fn run<L: Listener>(listener: Arc<L>, context: Arc<ServerContex
 async fn handle_connection<C: Connection>(
     conn: C,
     connection_id: u64,
+    protocol: Protocol,
     context: Arc<ServerContext<C>>,
 ) {
     let settings = &context.settings;
@@ -171,6 +181,7 @@ async fn handle_connection<C: Connection>(
         connector_id: register.connector_id,
         connection_index: register.connection_index,
         remote: conn.remote_address(),
+        protocol,
         version: register.version,
         routes: register.routes,
     };
@@ -631,7 +642,7 @@ mod tests {
             },
             shutdown: shutdown.clone(),
         });
-        shutdown.spawn(run(listener.clone(), context));
+        shutdown.spawn(run(listener.clone(), Protocol::Quic, context));
 
         let client_tls =
             tls::client_config(&EdgeVerification::Pin(pki.ca_pin), &[quic::ALPN]).unwrap(); // pin

@@ -32,9 +32,10 @@ use underpass_proto::{CloseCode, TunnelToken};
 use underpass_rt::admin::AdminServer;
 use underpass_rt::notify::{Notifier, Reporting};
 use underpass_rt::{Shutdown, Signal, Signals};
+use underpass_transport::h2::{self, H2Listener};
 use underpass_transport::quic::{self, QuicListener};
 use underpass_transport::tls;
-use underpass_transport::{AnyConnection, AnyListener, Listener};
+use underpass_transport::{AnyConnection, AnyListener, Listener, Protocol};
 
 pub use crate::error::EdgeError;
 
@@ -95,6 +96,29 @@ impl Edge {
         }
         let listener = Arc::new(AnyListener::from(listener));
         let quic_addr = listener.local_addr();
+        // HTTP/2 on TCP, on the port QUIC bound unless configured otherwise.
+        let h2_addr = config.listen_http2.unwrap_or(quic_addr);
+        let h2_tls = tls::server_config(
+            pki.chain_pem.as_bytes(),
+            pki.key_pem.as_bytes(),
+            &[h2::ALPN],
+        )?;
+        let h2_tls = Arc::new(h2_tls);
+        let h2_listener = match H2Listener::bind(h2_addr, h2_tls.clone(), &config.http2) {
+            // `listen` asked for any free port: QUIC's may be taken on TCP; take another.
+            Err(error) if config.listen_http2.is_none() && config.listen.port() == 0 => {
+                let any = SocketAddr::new(h2_addr.ip(), 0);
+                warn!(%error, port = h2_addr.port(), "TCP port of the QUIC listener is taken; HTTP/2 listens on another");
+                H2Listener::bind(any, h2_tls, &config.http2)
+            }
+            bound => bound,
+        }
+        .map_err(|source| EdgeError::Http2 {
+            addr: h2_addr,
+            source,
+        })?;
+        let h2_listener = Arc::new(AnyListener::from(h2_listener));
+        let http2_addr = h2_listener.local_addr();
 
         let mut bound = Vec::with_capacity(directory.bindings.len());
         for binding in &directory.bindings {
@@ -143,7 +167,16 @@ impl Edge {
             },
             shutdown: shutdown.clone(),
         });
-        shutdown.spawn(server::run(listener.clone(), server_context));
+        shutdown.spawn(server::run(
+            listener.clone(),
+            Protocol::Quic,
+            server_context.clone(),
+        ));
+        shutdown.spawn(server::run(
+            h2_listener.clone(),
+            Protocol::Http2,
+            server_context,
+        ));
         let revoker = shared.clone();
         shutdown.spawn(tunnels.clone().refresh_every(
             REFRESH_INTERVAL,
@@ -160,17 +193,19 @@ impl Edge {
         }
         info!(
             quic = %quic_addr,
+            http2 = %http2_addr,
             bindings = shared.bindings().len(),
             ca_pin = %hex::encode(pki.ca_pin),
             "edge started"
         );
         Ok(EdgeHandle {
             quic_addr,
+            http2_addr,
             shared,
             token_addresses,
             server_name: config.server_name,
             ca_pin: pki.ca_pin,
-            listener,
+            listeners: [listener, h2_listener],
             admin,
             drain_grace,
         })
@@ -313,11 +348,13 @@ impl Shared {
 /// with no grace period.
 pub struct EdgeHandle {
     quic_addr: SocketAddr,
+    http2_addr: SocketAddr,
     shared: Arc<Shared>,
     token_addresses: Vec<String>,
     server_name: String,
     ca_pin: [u8; 32],
-    listener: Arc<AnyListener>,
+    /// QUIC, then HTTP/2.
+    listeners: [Arc<AnyListener>; 2],
     admin: Option<AdminServer>,
     drain_grace: Duration,
 }
@@ -335,6 +372,11 @@ impl EdgeHandle {
     /// The UDP address connectors dial.
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+
+    /// The TCP address of the HTTP/2 listener (connectors whose network blocks UDP).
+    pub fn http2_addr(&self) -> SocketAddr {
+        self.http2_addr
     }
 
     /// The TCP address of a binding's listener (forward proxy or plain TCP port).
@@ -477,9 +519,14 @@ impl EdgeHandle {
     /// answers until the end (`/ready`: 503).
     pub async fn shutdown(self) {
         let report = self.shared.shutdown.shutdown(self.drain_grace).await;
-        self.listener.close();
-        // Bounded: the endpoint is closed, so this waits only for the close frames to go out.
-        let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, self.listener.wait_idle()).await;
+        for listener in &self.listeners {
+            listener.close();
+        }
+        // Bounded: the endpoints are closed, so this waits only for the close frames to go
+        // out.
+        for listener in &self.listeners {
+            let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, listener.wait_idle()).await;
+        }
         info!(
             forced = report.forced,
             abandoned = report.abandoned,
@@ -501,7 +548,9 @@ impl Drop for EdgeHandle {
         } else {
             shutdown.stop();
         }
-        self.listener.close();
+        for listener in &self.listeners {
+            listener.close();
+        }
     }
 }
 
@@ -517,6 +566,8 @@ fn warn_static_changes(started: &EdgeConfig, new: &EdgeConfig) {
         ),
         ("server_name", started.server_name != new.server_name),
         ("quic", started.quic != new.quic),
+        ("listen_http2", started.listen_http2 != new.listen_http2),
+        ("http2", started.http2 != new.http2),
         ("timeouts", started.timeouts != new.timeouts),
         ("runtime", started.runtime != new.runtime),
         ("admin", started.admin != new.admin),

@@ -59,6 +59,18 @@ impl Shutdown {
         }
     }
 
+    /// A part that can be stopped on its own (and stops and is forced with `self`) whose tasks
+    /// count as `self`'s: `self`'s [`idle`](Shutdown::idle) and
+    /// [`shutdown`](Shutdown::shutdown) wait for them too. For one connection among a slot's:
+    /// stopping the part drains that connection alone.
+    pub fn linked(&self) -> Shutdown {
+        Shutdown {
+            stop: self.stop.child_token(),
+            force: self.force.child_token(),
+            tasks: self.tasks.clone(),
+        }
+    }
+
     /// Spawn `task` on the current runtime, tracked, in the caller's tracing span.
     pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where

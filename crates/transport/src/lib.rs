@@ -4,11 +4,11 @@
 //! into a [`SendStream`] and a [`RecvStream`] that move [`Bytes`] chunks without copying. The
 //! edge takes connections from a [`Listener`], the connector makes them with a [`Dialer`].
 //!
-//! QUIC ([`quic`], on quinn and rustls) is the one transport today. The code above this crate
-//! names only the traits and the [`AnyConnection`] family of enums ([`any`]): each has one
-//! variant, `Quic`, and exists so that a second transport is one more variant here rather than
-//! a new type parameter threaded through the edge and the connector. The enums delegate with a
-//! `match`, never through a box or a vtable, so the hot path costs what QUIC alone costs.
+//! Two transports implement them: QUIC ([`quic`], on quinn and rustls) and HTTP/2 over TLS
+//! over TCP ([`h2`], on h2 and rustls) for networks that block UDP. The code above this crate
+//! names only the traits and the [`AnyConnection`] family of enums ([`any`]), with a variant
+//! per transport, so that the edge and the connector need no type parameter for it. The enums
+//! delegate with a `match`, never through a box or a vtable.
 //!
 //! [`tls`] builds the rustls configurations both ends use, and a development PKI.
 //!
@@ -43,6 +43,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub mod any;
+pub mod h2;
 pub mod quic;
 pub mod tls;
 
@@ -74,9 +75,15 @@ pub enum TransportError {
     /// The transport could not start an endpoint on the socket.
     #[error("cannot start QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
+    /// The TCP socket of an HTTP/2 listener could not be created, configured or bound.
+    #[error("cannot bind TCP socket: {0}")]
+    BindTcp(std::io::Error),
     /// The settings are inconsistent or out of range; the message names the setting.
     #[error("invalid QUIC settings: {0}")]
     Settings(String),
+    /// The HTTP/2 settings (`[http2]`) are out of range; the message names the key.
+    #[error("invalid HTTP/2 settings: {0}")]
+    H2Settings(String),
     /// The connection attempt could not even start (bad server name, endpoint closed, ...).
     #[error("cannot connect: {0}")]
     Connect(String),

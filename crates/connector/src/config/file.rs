@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use underpass_rt::LogFormat;
+use underpass_transport::h2::H2Config;
 use underpass_transport::quic::QuicConfig;
+
+use super::ProtocolChoice;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,8 +27,11 @@ pub(super) struct ConfigFile {
     pub(super) limits: LimitsSection,
     #[serde(default)]
     pub(super) timeouts: TimeoutsSection,
+    pub(super) protocol: Option<ProtocolChoice>,
     #[serde(default)]
     pub(super) quic: QuicConfig,
+    #[serde(default)]
+    pub(super) http2: H2Config,
     #[serde(default)]
     pub(super) edge: EdgeSection,
     #[serde(default)]
@@ -89,6 +95,7 @@ pub(super) struct EdgeSection {
     pub(super) ca_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) system_roots: bool,
+    pub(super) http2_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -96,6 +103,8 @@ pub(super) struct EdgeSection {
 pub(super) struct ReconnectSection {
     pub(super) initial_ms: Option<u64>,
     pub(super) max_ms: Option<u64>,
+    pub(super) quic_probe_initial_ms: Option<u64>,
+    pub(super) quic_probe_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

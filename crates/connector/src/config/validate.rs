@@ -19,9 +19,10 @@ use super::{
     ConfigError, ConnectorConfig, DnsSettings, EdgeSettings, Overrides, ReconnectSettings, Route,
     Timeouts, TokenSource, CREDENTIAL_NAME, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_MS,
     DEFAULT_DNS_TIMEOUT_MS, DEFAULT_DRAIN_MS, DEFAULT_HEADER_MS, DEFAULT_MAX_STREAMS,
-    DEFAULT_ORIGIN_IDLE_MS, DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS,
-    DEFAULT_REGISTER_MS, DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS,
-    MAX_STREAMS_LIMIT, TOKEN_ENV,
+    DEFAULT_ORIGIN_IDLE_MS, DEFAULT_QUIC_PROBE_INITIAL_MS, DEFAULT_QUIC_PROBE_MAX_MS,
+    DEFAULT_RECONNECT_INITIAL_MS, DEFAULT_RECONNECT_MAX_MS, DEFAULT_REGISTER_MS,
+    DEFAULT_RESPONSE_HEADER_MS, DEFAULT_TLS_HANDSHAKE_MS, MAX_CONNECTIONS, MAX_STREAMS_LIMIT,
+    TOKEN_ENV,
 };
 
 fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
@@ -145,6 +146,16 @@ pub(super) fn validate_with_token(
     };
 
     let quic = quic_settings(&file.quic)?;
+    // The transport names its keys (`http2.stream_window (10) must be ...`).
+    file.http2.validate().map_err(|error| {
+        let message = error.to_string();
+        let key = message
+            .split_whitespace()
+            .find(|word| word.starts_with("http2."))
+            .unwrap_or("http2")
+            .to_owned();
+        invalid(key, message)
+    })?;
 
     let admin_listen = match &file.admin.listen {
         None => None,
@@ -174,6 +185,24 @@ pub(super) fn validate_with_token(
             "must not be below reconnect.initial_ms",
         ));
     }
+    let quic_probe = ReconnectSettings {
+        initial: positive_ms(
+            "reconnect.quic_probe_initial_ms",
+            file.reconnect.quic_probe_initial_ms,
+            DEFAULT_QUIC_PROBE_INITIAL_MS,
+        )?,
+        max: positive_ms(
+            "reconnect.quic_probe_max_ms",
+            file.reconnect.quic_probe_max_ms,
+            DEFAULT_QUIC_PROBE_MAX_MS,
+        )?,
+    };
+    if quic_probe.max < quic_probe.initial {
+        return Err(invalid(
+            "reconnect.quic_probe_max_ms",
+            "must not be below reconnect.quic_probe_initial_ms",
+        ));
+    }
 
     // Last, so that mistakes in the file show even when no token is at hand.
     let (token, token_source) = token(&file)?;
@@ -188,7 +217,10 @@ pub(super) fn validate_with_token(
         dns,
         max_streams,
         timeouts,
+        protocol: file.protocol.unwrap_or_default(),
         quic,
+        http2: file.http2.clone(),
+        quic_probe,
         edge,
         reconnect,
         worker_threads: file.runtime.worker_threads.unwrap_or(1),
@@ -413,9 +445,16 @@ fn edge_settings(
         (None, true) => EdgeVerification::SystemRoots,
         (None, false) => EdgeVerification::Pin(token.ca_pin),
     };
+    if section.http2_port == Some(0) {
+        return Err(invalid(
+            "edge.http2_port",
+            "must be a port number above zero",
+        ));
+    }
     Ok(EdgeSettings {
         addresses,
         server_name,
         verification,
+        http2_port: section.http2_port,
     })
 }

@@ -59,6 +59,9 @@ impl EdgeConfig {
         self.quic
             .settings()
             .map_err(|error| invalid(error.to_string()))?;
+        self.http2
+            .validate()
+            .map_err(|error| invalid(error.to_string()))?;
         validate_timeouts(&self.timeouts)?;
         if self.runtime.worker_threads > 1024 {
             return Err(invalid("runtime.worker_threads must be 0 to 1024".into()));

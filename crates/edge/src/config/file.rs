@@ -11,6 +11,7 @@ use toml::Spanned;
 use underpass_proto::authority::parse_resolver;
 use underpass_proto::TlsVerification;
 
+pub use underpass_transport::h2::H2Config;
 pub use underpass_transport::quic::QuicConfig;
 
 use super::error::ConfigError;
@@ -33,6 +34,10 @@ pub struct EdgeConfig {
     /// UDP address the QUIC listener binds. Port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// TCP address the HTTP/2 listener binds (connectors on networks that block UDP).
+    /// Unset: the IP and port of `listen` (the port QUIC bound, when `listen` says 0).
+    #[serde(default)]
+    pub listen_http2: Option<SocketAddr>,
     /// Edge addresses written into tunnel tokens (`host:port`). Empty means the address the
     /// listener actually bound.
     #[serde(default)]
@@ -53,6 +58,9 @@ pub struct EdgeConfig {
     /// transport's defaults.
     #[serde(default)]
     pub quic: QuicConfig,
+    /// HTTP/2 tuning (`[http2]`, the same keys as the connector's).
+    #[serde(default)]
+    pub http2: H2Config,
     /// Timeouts of the edge's own protocol steps.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -392,12 +400,14 @@ impl EdgeConfig {
         EdgeConfig {
             state_dir: state_dir.into(),
             listen: DEFAULT_LISTEN,
+            listen_http2: None,
             public_addresses: Vec::new(),
             server_name: DEFAULT_SERVER_NAME.to_owned(),
             networks: Vec::new(),
             services: Vec::new(),
             bindings: Vec::new(),
             quic: QuicConfig::default(),
+            http2: H2Config::default(),
             timeouts: Timeouts::default(),
             runtime: RuntimeConfig::default(),
             routing: RoutingConfig::default(),
@@ -452,6 +462,8 @@ struct Outline {
     binding: Vec<Spanned<Entry>>,
     #[serde(default)]
     quic: Option<Spanned<Entry>>,
+    #[serde(default)]
+    http2: Option<Spanned<Entry>>,
     #[serde(default)]
     timeouts: Option<Spanned<Entry>>,
     #[serde(default)]
@@ -509,6 +521,7 @@ fn describe(text: &str, error: &toml::de::Error) -> String {
     }
     let tables = [
         ("quic", &outline.quic),
+        ("http2", &outline.http2),
         ("timeouts", &outline.timeouts),
         ("runtime", &outline.runtime),
         ("routing", &outline.routing),
