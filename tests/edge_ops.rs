@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use underpass_connector::config::ProtocolChoice;
 use underpass_connector::{ConnectionState, Connector, ConnectorConfig, ConnectorHandle};
 use underpass_e2e::admin;
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
@@ -521,8 +522,9 @@ async fn rotate_secret_refuses_the_old_token() {
         .all(|s| !matches!(s, ConnectionState::Registered { .. })));
 }
 
-/// `tunnel info` asks the running edge and prints the connector; without `[admin]` it says
-/// what to configure (64), and with the edge stopped that it is not running (1).
+/// `tunnel info` asks the running edge and prints the connectors, each connection with its
+/// transport; without `[admin]` it says what to configure (64), and with the edge stopped that
+/// it is not running (1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_info_prints_the_connectors() {
     let home = EdgeHome::create_with_admin(&network_bindings(&["net"]));
@@ -530,23 +532,43 @@ async fn tunnel_info_prints_the_connectors() {
     let admin_addr = home.admin_addr().expect("an admin listener");
     let connector = connector(home.token(), home.quic_addr(), "127.20.74.0/24");
     wait_listed(admin_addr, &connector).await;
+    // A second connector on HTTP/2 (the edge's TCP listener shares the QUIC port number).
+    let mut config = ConnectorConfig::builder(home.token())
+        .edge_addresses(&[home.quic_addr().to_string()])
+        .route("127.20.75.0/24")
+        .build()
+        .expect("a valid connector config");
+    config.protocol = ProtocolChoice::Http2;
+    let on_http2 = Connector::start(config).expect("the connector starts");
+    wait_listed(admin_addr, &on_http2).await;
 
     let output = cli(&home, &["tunnel", "info", TUNNEL]).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let table = text(&output.stdout);
-    let id = hex::encode(connector.connector_id().0);
-    assert!(table.contains(&format!("connector {id}")), "{table}");
-    assert!(table.contains("routes: 127.20.74.0/24"), "{table}");
     assert!(table.contains("version "), "{table}");
-    let rows = table
-        .lines()
-        .filter(|l| l.trim_end().ends_with(" 0") && l.contains(" live "))
-        .count();
-    assert_eq!(
-        rows,
-        connector.states().len(),
-        "one row per connection:\n{table}"
-    );
+    assert!(table.contains("PROTOCOL"), "{table}");
+    for (handle, route, protocol) in [
+        (&connector, "127.20.74.0/24", "quic"),
+        (&on_http2, "127.20.75.0/24", "http2"),
+    ] {
+        let id = hex::encode(handle.connector_id().0);
+        let section = table
+            .split("\nconnector ")
+            .find(|section| section.starts_with(&id))
+            .unwrap_or_else(|| panic!("no section for connector {id}:\n{table}"));
+        assert!(section.contains(&format!("routes: {route}")), "{table}");
+        // A connection row: INDEX CONNECTION REMOTE PROTOCOL CONNECTED-SINCE STATE STREAMS.
+        let protocols: Vec<&str> = section
+            .lines()
+            .filter(|l| l.trim_end().ends_with(" 0") && l.contains(" live "))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            protocols,
+            vec![protocol; handle.states().len()],
+            "one row per connection, each on {protocol}:\n{table}"
+        );
+    }
 
     let unknown = cli(&home, &["tunnel", "info", "nope"]).await;
     assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown.stderr));

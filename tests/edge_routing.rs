@@ -1,13 +1,14 @@
 //! Stream placement over several connectors of one tunnel, and what happens to streams when a
-//! connection dies: an in-process edge and in-process connectors joined by real QUIC
-//! connections on loopback.
+//! connection dies: an in-process edge and in-process connectors joined by real connections on
+//! loopback. Every test runs twice, over QUIC and over the HTTP/2 transport
+//! (`transport_tests!`).
 //!
 //! - placement by announced routes: each destination reaches the connector announcing it; a
 //!   connector with no routes is never picked; `[routing] unmatched` refuses or falls back;
 //! - least outstanding streams: a connector holding 50 pipes gets no new stream while another
 //!   holds fewer;
-//! - a dead connection (its connector silenced, as after SIGKILL: a UDP relay in front of it
-//!   stops forwarding) is dropped after the edge's `peer_timeout`, gets no new stream, and its
+//! - a dead connection (its connector silenced, as after SIGKILL: a UDP relay for QUIC or a TCP
+//!   relay for HTTP/2 in front of it stops forwarding, without a close) is dropped after the edge's `peer_timeout`, gets no new stream, and its
 //!   streams end at the client as a reset or an incomplete body, never a clean end;
 //! - a stream whose connection dies before the connector answered is retried once on another
 //!   connection; a `fetch()` whose body has started is not, and fails `connection_terminated`.
@@ -17,7 +18,6 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use underpass_connector::{Connector, ConnectorConfig, ConnectorHandle};
 use underpass_e2e::http1::{self, exchange, parse_response, Response};
+use underpass_e2e::relay::Relay;
 use underpass_e2e::{Behaviour, EchoServer};
 use underpass_edge::config::{BindingConfig, EdgeConfig, NetworkConfig, Unmatched};
 use underpass_edge::tunnels::TunnelStore;
@@ -105,13 +106,17 @@ impl Rig {
             builder = builder.route(route);
         }
         if let Some(relay) = &relay {
-            builder = builder.edge_addresses(&[relay.addr.to_string()]);
+            builder = builder.edge_addresses(&[relay.addr().to_string()]);
         }
         if let Some(dns) = dns {
             builder = builder.resolvers(&[dns]);
         }
-        let handle =
-            Connector::start(builder.build().expect("a valid connector config")).expect("starts");
+        let mut config = builder.build().expect("a valid connector config");
+        config.protocol = underpass_e2e::stack::transport();
+        if relay.is_none() {
+            config.edge.http2_port = Some(self.edge.http2_addr().port());
+        }
+        let handle = Connector::start(config).expect("starts");
         let id = handle.connector_id();
         tokio::time::timeout(
             LIMIT,
@@ -181,86 +186,8 @@ impl Replica {
         self.relay
             .as_ref()
             .expect("only a replica behind a relay can be silenced")
-            .freeze();
+            .block();
         Instant::now()
-    }
-}
-
-/// A UDP relay between a connector and the edge; [`Relay::freeze`] drops every datagram from
-/// then on, both ways.
-struct Relay {
-    addr: SocketAddr,
-    frozen: Arc<AtomicBool>,
-    task: JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
-        let front = Arc::new(
-            UdpSocket::bind(SocketAddr::new(ip("127.0.0.1"), 0))
-                .await
-                .expect("bind the relay"),
-        );
-        let addr = front.local_addr().expect("relay address");
-        let frozen = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let (front, frozen) = (front.clone(), frozen.clone());
-            async move {
-                let mut peers: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
-                let mut buf = vec![0u8; 65_536];
-                while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                    if frozen.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let back = match peers.iter().find(|(peer, _)| *peer == from) {
-                        Some((_, socket)) => socket.clone(),
-                        None => {
-                            let socket = Arc::new(
-                                UdpSocket::bind(SocketAddr::new(ip("127.0.0.1"), 0))
-                                    .await
-                                    .expect("bind a relay upstream socket"),
-                            );
-                            socket.connect(upstream).await.expect("relay to the edge");
-                            tokio::spawn(relay_back(
-                                socket.clone(),
-                                front.clone(),
-                                from,
-                                frozen.clone(),
-                            ));
-                            peers.push((from, socket.clone()));
-                            socket
-                        }
-                    };
-                    let _ = back.send(&buf[..n]).await;
-                }
-            }
-        });
-        Relay { addr, frozen, task }
-    }
-
-    fn freeze(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn relay_back(
-    upstream: Arc<UdpSocket>,
-    front: Arc<UdpSocket>,
-    to: SocketAddr,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 65_536];
-    while let Ok(n) = upstream.recv(&mut buf).await {
-        if frozen.load(Ordering::SeqCst) {
-            return;
-        }
-        let _ = front.send_to(&buf[..n], to).await;
     }
 }
 
@@ -513,247 +440,243 @@ async fn read_to_end_or_error(
     }
 }
 
-/// Reproduces the report: a second connector with no routes on the same tunnel made every
-/// other request fail. It is never picked now; what nobody announces is refused by the edge
-/// with the connector's own codes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connector_without_routes_is_never_picked() {
-    let echo = EchoServer::start_with(ip("127.20.80.1"), Behaviour::Echo);
-    let origin = HttpOrigin::start(ip("127.20.80.2")).await;
-    let rig = Rig::start(Unmatched::Refuse).await;
-    let _routed = rig.replica(&["127.20.80.0/24"]).await;
-    let idle = rig.replica(&[]).await;
+underpass_e2e::transport_tests! {
+    /// Reproduces the report: a second connector with no routes on the same tunnel made every
+    /// other request fail. It is never picked now; what nobody announces is refused by the edge
+    /// with the connector's own codes.
+    async fn a_connector_without_routes_is_never_picked() {
+        let echo = EchoServer::start_with(ip("127.20.80.1"), Behaviour::Echo);
+        let origin = HttpOrigin::start(ip("127.20.80.2")).await;
+        let rig = Rig::start(Unmatched::Refuse).await;
+        let _routed = rig.replica(&["127.20.80.0/24"]).await;
+        let idle = rig.replica(&[]).await;
 
-    let mut statuses = Vec::new();
-    for _ in 0..10 {
-        let (status, _, _) = connect(rig.proxy, &echo.addr().to_string()).await;
-        statuses.push(status);
-        let response = fetch(rig.proxy, &format!("http://{}/hello", origin.addr)).await;
-        statuses.push(response.status);
-    }
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "every request succeeds: {statuses:?}"
-    );
-    assert_eq!(rig.open_streams(idle.id), 0);
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let (status, _, _) = connect(rig.proxy, &echo.addr().to_string()).await;
+            statuses.push(status);
+            let response = fetch(rig.proxy, &format!("http://{}/hello", origin.addr)).await;
+            statuses.push(response.status);
+        }
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "every request succeeds: {statuses:?}"
+        );
+        assert_eq!(rig.open_streams(idle.id), 0);
 
-    // Nobody announces these: the edge refuses, naming the tunnel.
-    let (status, head, _) = connect(rig.proxy, "127.20.81.1:80").await;
-    assert_eq!(status, 502, "{head}");
-    assert!(head.contains("error=destination_ip_prohibited"), "{head}");
-    assert!(
-        head.contains("announces a route for 127.20.81.1:80"),
-        "{head}"
-    );
-    let (status, head, _) = connect(rig.proxy, "nowhere.routing.test:443").await;
-    assert_eq!(status, 502, "{head}");
-    assert!(head.contains("error=destination_not_found"), "{head}");
-    let response = fetch(rig.proxy, "http://127.20.81.1/").await;
-    response.assert_proxy_error(502, "destination_ip_prohibited");
-}
-
-/// Two connectors with different routes: each destination reaches the one announcing it, for
-/// `connect()` and `fetch()`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_destination_reaches_the_connector_announcing_it() {
-    let echo_a = EchoServer::start_with(ip("127.20.82.1"), Behaviour::Echo);
-    let echo_b = EchoServer::start_with(ip("127.20.83.1"), Behaviour::Echo);
-    let origin_b = HttpOrigin::start(ip("127.20.83.2")).await;
-    let rig = Rig::start(Unmatched::Refuse).await;
-    let a = rig.replica(&["127.20.82.0/24"]).await;
-    let b = rig.replica(&["127.20.83.0/24"]).await;
-
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(connect_ok(rig.proxy, echo_a.addr()).await);
-        held.push(connect_ok(rig.proxy, echo_b.addr()).await);
-        held.push(connect_ok(rig.proxy, echo_b.addr()).await);
-    }
-    assert_eq!(
-        (rig.open_streams(a.id), rig.open_streams(b.id)),
-        (3, 6),
-        "each pipe is on the connector routing its destination"
-    );
-    for _ in 0..4 {
-        let response = fetch(rig.proxy, &format!("http://{}/hello", origin_b.addr)).await;
-        assert_eq!((response.status, response.text()), (200, "hello".into()));
-    }
-}
-
-/// `[routing] unmatched = "any"`: a destination nobody announces still goes to a connector,
-/// which answers with its own refusal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unmatched_any_falls_back_to_the_connectors() {
-    let echo = EchoServer::start_with(ip("127.20.84.1"), Behaviour::Echo);
-    let rig = Rig::start(Unmatched::Any).await;
-    let _routed = rig.replica(&["127.20.84.0/24"]).await;
-    let _idle = rig.replica(&[]).await;
-    for _ in 0..4 {
-        let (status, head, _) = connect(rig.proxy, "127.20.85.1:80").await;
+        // Nobody announces these: the edge refuses, naming the tunnel.
+        let (status, head, _) = connect(rig.proxy, "127.20.81.1:80").await;
         assert_eq!(status, 502, "{head}");
         assert!(head.contains("error=destination_ip_prohibited"), "{head}");
         assert!(
-            !head.contains("announces a route"),
-            "the connector refused, not the edge: {head}"
+            head.contains("announces a route for 127.20.81.1:80"),
+            "{head}"
+        );
+        let (status, head, _) = connect(rig.proxy, "nowhere.routing.test:443").await;
+        assert_eq!(status, 502, "{head}");
+        assert!(head.contains("error=destination_not_found"), "{head}");
+        let response = fetch(rig.proxy, "http://127.20.81.1/").await;
+        response.assert_proxy_error(502, "destination_ip_prohibited");
+    }
+
+    /// Two connectors with different routes: each destination reaches the one announcing it, for
+    /// `connect()` and `fetch()`.
+    async fn each_destination_reaches_the_connector_announcing_it() {
+        let echo_a = EchoServer::start_with(ip("127.20.82.1"), Behaviour::Echo);
+        let echo_b = EchoServer::start_with(ip("127.20.83.1"), Behaviour::Echo);
+        let origin_b = HttpOrigin::start(ip("127.20.83.2")).await;
+        let rig = Rig::start(Unmatched::Refuse).await;
+        let a = rig.replica(&["127.20.82.0/24"]).await;
+        let b = rig.replica(&["127.20.83.0/24"]).await;
+
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(connect_ok(rig.proxy, echo_a.addr()).await);
+            held.push(connect_ok(rig.proxy, echo_b.addr()).await);
+            held.push(connect_ok(rig.proxy, echo_b.addr()).await);
+        }
+        assert_eq!(
+            (rig.open_streams(a.id), rig.open_streams(b.id)),
+            (3, 6),
+            "each pipe is on the connector routing its destination"
+        );
+        for _ in 0..4 {
+            let response = fetch(rig.proxy, &format!("http://{}/hello", origin_b.addr)).await;
+            assert_eq!((response.status, response.text()), (200, "hello".into()));
+        }
+    }
+
+    /// `[routing] unmatched = "any"`: a destination nobody announces still goes to a connector,
+    /// which answers with its own refusal.
+    async fn unmatched_any_falls_back_to_the_connectors() {
+        let echo = EchoServer::start_with(ip("127.20.84.1"), Behaviour::Echo);
+        let rig = Rig::start(Unmatched::Any).await;
+        let _routed = rig.replica(&["127.20.84.0/24"]).await;
+        let _idle = rig.replica(&[]).await;
+        for _ in 0..4 {
+            let (status, head, _) = connect(rig.proxy, "127.20.85.1:80").await;
+            assert_eq!(status, 502, "{head}");
+            assert!(head.contains("error=destination_ip_prohibited"), "{head}");
+            assert!(
+                !head.contains("announces a route"),
+                "the connector refused, not the edge: {head}"
+            );
+        }
+        // Matching routes still win over the fallback.
+        for _ in 0..6 {
+            drop(connect_ok(rig.proxy, echo.addr()).await);
+        }
+    }
+
+    /// With one connector holding 50 long-lived pipes and another none, new streams go to the idle
+    /// one.
+    async fn new_streams_go_to_the_connector_with_fewest_outstanding() {
+        let echo = EchoServer::start_with(ip("127.20.86.1"), Behaviour::Echo);
+        let rig = Rig::start(Unmatched::Refuse).await;
+        let busy = rig.replica(&["127.20.86.0/24"]).await;
+        let mut held = Vec::new();
+        for _ in 0..50 {
+            held.push(connect_ok(rig.proxy, echo.addr()).await);
+        }
+        assert_eq!(rig.open_streams(busy.id), 50);
+        let idle = rig.replica(&["127.20.86.0/24"]).await;
+        for _ in 0..20 {
+            held.push(connect_ok(rig.proxy, echo.addr()).await);
+        }
+        assert_eq!(
+            (rig.open_streams(busy.id), rig.open_streams(idle.id)),
+            (50, 20),
+            "every new stream went to the connector with fewer outstanding streams"
         );
     }
-    // Matching routes still win over the fallback.
-    for _ in 0..6 {
-        drop(connect_ok(rig.proxy, echo.addr()).await);
-    }
-}
 
-/// With one connector holding 50 long-lived pipes and another none, new streams go to the idle
-/// one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_streams_go_to_the_connector_with_fewest_outstanding() {
-    let echo = EchoServer::start_with(ip("127.20.86.1"), Behaviour::Echo);
-    let rig = Rig::start(Unmatched::Refuse).await;
-    let busy = rig.replica(&["127.20.86.0/24"]).await;
-    let mut held = Vec::new();
-    for _ in 0..50 {
-        held.push(connect_ok(rig.proxy, echo.addr()).await);
-    }
-    assert_eq!(rig.open_streams(busy.id), 50);
-    let idle = rig.replica(&["127.20.86.0/24"]).await;
-    for _ in 0..20 {
-        held.push(connect_ok(rig.proxy, echo.addr()).await);
-    }
-    assert_eq!(
-        (rig.open_streams(busy.id), rig.open_streams(idle.id)),
-        (50, 20),
-        "every new stream went to the connector with fewer outstanding streams"
-    );
-}
+    /// A connector silenced mid-transfer (as by SIGKILL): its connection leaves the registry after
+    /// the dead-peer timeout, new streams go to the other connector, the `CONNECT` pipe it carried
+    /// ends at the client with a TCP reset and the chunked `fetch()` body with no final chunk.
+    async fn a_dead_connection_is_dropped_and_its_streams_are_cut() {
+        let echo = EchoServer::start_with(ip("127.20.87.1"), Behaviour::Echo);
+        let origin = HttpOrigin::start(ip("127.20.87.2")).await;
+        let rig = Rig::start(Unmatched::Refuse).await;
+        let relay = Relay::for_transport(rig.edge.quic_addr(), rig.edge.http2_addr()).await;
+        let doomed = rig
+            .replica_with(&["127.20.87.0/24"], Some(relay), None)
+            .await;
 
-/// A connector silenced mid-transfer (as by SIGKILL): its connection leaves the registry after
-/// the dead-peer timeout, new streams go to the other connector, the `CONNECT` pipe it carried
-/// ends at the client with a TCP reset and the chunked `fetch()` body with no final chunk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_connection_is_dropped_and_its_streams_are_cut() {
-    let echo = EchoServer::start_with(ip("127.20.87.1"), Behaviour::Echo);
-    let origin = HttpOrigin::start(ip("127.20.87.2")).await;
-    let rig = Rig::start(Unmatched::Refuse).await;
-    let relay = Relay::start(rig.edge.quic_addr()).await;
-    let doomed = rig
-        .replica_with(&["127.20.87.0/24"], Some(relay), None)
+        // Both streams run on the doomed connector: it is the only one yet.
+        let mut pipe = connect_ok(rig.proxy, echo.addr()).await;
+        let mut body = TcpStream::connect(rig.proxy).await.expect("binding");
+        let request = format!(
+            "GET http://{}/stream HTTP/1.1\r\nConnection: close\r\n\r\n",
+            origin.addr
+        );
+        body.write_all(request.as_bytes()).await.expect("send");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("first") {
+            let n = tokio::time::timeout(LIMIT, body.read(&mut buf))
+                .await
+                .expect("the first chunk in time")
+                .expect("read");
+            assert!(n > 0, "ended early: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(rig.open_streams(doomed.id), 2);
+        let survivor = rig.replica(&["127.20.87.0/24"]).await;
+
+        let killed = doomed.kill();
+        let gone = rig.wait_gone(doomed.id).await;
+        let detected = gone - killed;
+        eprintln!("dead connection dropped {detected:?} after the kill");
+        assert!(detected < DEAD_WITHIN, "dropped only after {detected:?}");
+
+        // New streams go to the survivor.
+        for _ in 0..5 {
+            drop(connect_ok(rig.proxy, echo.addr()).await);
+        }
+        let response = fetch(rig.proxy, &format!("http://{}/hello", origin.addr)).await;
+        assert_eq!(response.status, 200);
+        assert!(rig.connections_of(survivor.id).len() == 1);
+
+        // The CONNECT pipe: a reset, not a clean end.
+        let (_, ended) = read_to_end_or_error(&mut pipe, Vec::new()).await;
+        assert_eq!(
+            ended,
+            Err(ErrorKind::ConnectionReset),
+            "a cut CONNECT pipe must not end with a clean EOF"
+        );
+        // The fetch body: cut without its terminating chunk.
+        let (seen, _) = read_to_end_or_error(&mut body, seen).await;
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            !text.contains("\r\n0\r\n\r\n"),
+            "a cut chunked body must not end cleanly: {text:?}"
+        );
+    }
+
+    /// Streams opened on a connection that dies before the connector answered are retried once on
+    /// the other connector: a `CONNECT` and a body-less `fetch()` succeed; a `fetch()` whose body
+    /// has started streaming fails with `502 connection_terminated`.
+    async fn a_stream_lost_before_the_answer_is_retried_once() {
+        let echo = EchoServer::start_with(ip("127.20.88.1"), Behaviour::Echo);
+        let origin = HttpOrigin::start(ip("127.20.88.1")).await;
+        let hold = HoldOrigin::start(ip("127.20.88.2")).await;
+        let rig = Rig::start(Unmatched::Refuse).await;
+        // The doomed connector never gets an answer from its DNS: its streams to names wait until
+        // the connection dies. The survivor's DNS knows the names.
+        let stuck_dns = Dns::start(None).await;
+        let good_dns = Dns::start(Some(ip("127.20.88.1"))).await;
+        let routes = ["*.retry.test", "127.20.88.0/24"];
+        let relay = Relay::for_transport(rig.edge.quic_addr(), rig.edge.http2_addr()).await;
+        let doomed = rig
+            .replica_with(&routes, Some(relay), Some(stuck_dns.addr))
+            .await;
+
+        let proxy = rig.proxy;
+        let connect_target = format!("echo.retry.test:{}", echo.addr().port());
+        let connecting = tokio::spawn(async move { connect(proxy, &connect_target).await });
+        let fetch_url = format!("http://web.retry.test:{}/hello", origin.addr.port());
+        let fetching = tokio::spawn(async move { fetch(proxy, &fetch_url).await });
+        // A fetch whose body has begun: the head and 5 of its 10 bytes reach the origin, which
+        // never answers.
+        let mut upload = TcpStream::connect(proxy).await.expect("binding");
+        let post = format!(
+            "POST http://{}/upload HTTP/1.1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234",
+            hold.addr
+        );
+        upload.write_all(post.as_bytes()).await.expect("send");
+        wait_until(
+            "both names are being resolved by the doomed connector",
+            || stuck_dns.asked("echo.retry.test") && stuck_dns.asked("web.retry.test"),
+        )
         .await;
+        wait_until("the upload's first bytes reach the origin", || {
+            hold.has_received(b"01234")
+        })
+        .await;
+        assert_eq!(rig.open_streams(doomed.id), 3);
+        let _survivor = rig.replica_with(&routes, None, Some(good_dns.addr)).await;
+        doomed.kill();
 
-    // Both streams run on the doomed connector: it is the only one yet.
-    let mut pipe = connect_ok(rig.proxy, echo.addr()).await;
-    let mut body = TcpStream::connect(rig.proxy).await.expect("binding");
-    let request = format!(
-        "GET http://{}/stream HTTP/1.1\r\nConnection: close\r\n\r\n",
-        origin.addr
-    );
-    body.write_all(request.as_bytes()).await.expect("send");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("first") {
-        let n = tokio::time::timeout(LIMIT, body.read(&mut buf))
+        let (status, head, mut tunnel) = tokio::time::timeout(LIMIT, connecting)
             .await
-            .expect("the first chunk in time")
-            .expect("read");
-        assert!(n > 0, "ended early: {:?}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
+            .expect("the CONNECT is answered")
+            .expect("no panic");
+        assert_eq!(status, 200, "retried on the survivor: {head}");
+        tunnel.write_all(b"again").await.expect("write");
+        let mut got = [0u8; 5];
+        tunnel.read_exact(&mut got).await.expect("echo");
+        assert_eq!(&got, b"again");
+
+        let response = tokio::time::timeout(LIMIT, fetching)
+            .await
+            .expect("the fetch is answered")
+            .expect("no panic");
+        assert_eq!((response.status, response.text()), (200, "hello".into()));
+
+        let (raw, _) = read_to_end_or_error(&mut upload, Vec::new()).await;
+        let response = parse_response(&raw).expect("an HTTP response");
+        response.assert_proxy_error(502, "connection_terminated");
+        assert!(good_dns.asked("echo.retry.test") && good_dns.asked("web.retry.test"));
     }
-    assert_eq!(rig.open_streams(doomed.id), 2);
-    let survivor = rig.replica(&["127.20.87.0/24"]).await;
-
-    let killed = doomed.kill();
-    let gone = rig.wait_gone(doomed.id).await;
-    let detected = gone - killed;
-    eprintln!("dead connection dropped {detected:?} after the kill");
-    assert!(detected < DEAD_WITHIN, "dropped only after {detected:?}");
-
-    // New streams go to the survivor.
-    for _ in 0..5 {
-        drop(connect_ok(rig.proxy, echo.addr()).await);
-    }
-    let response = fetch(rig.proxy, &format!("http://{}/hello", origin.addr)).await;
-    assert_eq!(response.status, 200);
-    assert!(rig.connections_of(survivor.id).len() == 1);
-
-    // The CONNECT pipe: a reset, not a clean end.
-    let (_, ended) = read_to_end_or_error(&mut pipe, Vec::new()).await;
-    assert_eq!(
-        ended,
-        Err(ErrorKind::ConnectionReset),
-        "a cut CONNECT pipe must not end with a clean EOF"
-    );
-    // The fetch body: cut without its terminating chunk.
-    let (seen, _) = read_to_end_or_error(&mut body, seen).await;
-    let text = String::from_utf8_lossy(&seen);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        !text.contains("\r\n0\r\n\r\n"),
-        "a cut chunked body must not end cleanly: {text:?}"
-    );
-}
-
-/// Streams opened on a connection that dies before the connector answered are retried once on
-/// the other connector: a `CONNECT` and a body-less `fetch()` succeed; a `fetch()` whose body
-/// has started streaming fails with `502 connection_terminated`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_lost_before_the_answer_is_retried_once() {
-    let echo = EchoServer::start_with(ip("127.20.88.1"), Behaviour::Echo);
-    let origin = HttpOrigin::start(ip("127.20.88.1")).await;
-    let hold = HoldOrigin::start(ip("127.20.88.2")).await;
-    let rig = Rig::start(Unmatched::Refuse).await;
-    // The doomed connector never gets an answer from its DNS: its streams to names wait until
-    // the connection dies. The survivor's DNS knows the names.
-    let stuck_dns = Dns::start(None).await;
-    let good_dns = Dns::start(Some(ip("127.20.88.1"))).await;
-    let routes = ["*.retry.test", "127.20.88.0/24"];
-    let relay = Relay::start(rig.edge.quic_addr()).await;
-    let doomed = rig
-        .replica_with(&routes, Some(relay), Some(stuck_dns.addr))
-        .await;
-
-    let proxy = rig.proxy;
-    let connect_target = format!("echo.retry.test:{}", echo.addr().port());
-    let connecting = tokio::spawn(async move { connect(proxy, &connect_target).await });
-    let fetch_url = format!("http://web.retry.test:{}/hello", origin.addr.port());
-    let fetching = tokio::spawn(async move { fetch(proxy, &fetch_url).await });
-    // A fetch whose body has begun: the head and 5 of its 10 bytes reach the origin, which
-    // never answers.
-    let mut upload = TcpStream::connect(proxy).await.expect("binding");
-    let post = format!(
-        "POST http://{}/upload HTTP/1.1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234",
-        hold.addr
-    );
-    upload.write_all(post.as_bytes()).await.expect("send");
-    wait_until(
-        "both names are being resolved by the doomed connector",
-        || stuck_dns.asked("echo.retry.test") && stuck_dns.asked("web.retry.test"),
-    )
-    .await;
-    wait_until("the upload's first bytes reach the origin", || {
-        hold.has_received(b"01234")
-    })
-    .await;
-    assert_eq!(rig.open_streams(doomed.id), 3);
-    let _survivor = rig.replica_with(&routes, None, Some(good_dns.addr)).await;
-    doomed.kill();
-
-    let (status, head, mut tunnel) = tokio::time::timeout(LIMIT, connecting)
-        .await
-        .expect("the CONNECT is answered")
-        .expect("no panic");
-    assert_eq!(status, 200, "retried on the survivor: {head}");
-    tunnel.write_all(b"again").await.expect("write");
-    let mut got = [0u8; 5];
-    tunnel.read_exact(&mut got).await.expect("echo");
-    assert_eq!(&got, b"again");
-
-    let response = tokio::time::timeout(LIMIT, fetching)
-        .await
-        .expect("the fetch is answered")
-        .expect("no panic");
-    assert_eq!((response.status, response.text()), (200, "hello".into()));
-
-    let (raw, _) = read_to_end_or_error(&mut upload, Vec::new()).await;
-    let response = parse_response(&raw).expect("an HTTP response");
-    response.assert_proxy_error(502, "connection_terminated");
-    assert!(good_dns.asked("echo.retry.test") && good_dns.asked("web.retry.test"));
 }

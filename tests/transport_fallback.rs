@@ -9,17 +9,17 @@
 //! state, bounded by [`LIMIT`], which only guards a hang.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
 use underpass_connector::config::{ProtocolChoice, ReconnectSettings};
 use underpass_connector::ConnectorConfig;
 use underpass_e2e::edge_process::TUNNEL;
 use underpass_e2e::load::write_pattern;
+use underpass_e2e::relay::UdpRelay;
 use underpass_e2e::{http1, pattern, EchoServer};
 use underpass_edge::config::{BindingConfig, EdgeConfig, NetworkConfig};
 use underpass_edge::tunnels::TunnelStore;
@@ -33,79 +33,6 @@ const TRANSFER: u64 = 64 << 20;
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("a test IP")
-}
-
-/// A UDP relay on 127.0.0.1 to `upstream` that forwards datagrams both ways while open and
-/// drops them all while closed. One upstream socket per client address.
-struct UdpRelay {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    dropped: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl UdpRelay {
-    async fn start(upstream: SocketAddr) -> Self {
-        let socket = Arc::new(
-            UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("bind the relay"),
-        );
-        let addr = socket.local_addr().expect("the relay's address");
-        let open = Arc::new(AtomicBool::new(false));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (open, dropped) = (open.clone(), dropped.clone());
-            async move {
-                let mut peers: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> =
-                    std::collections::HashMap::new();
-                let mut buf = vec![0u8; 65_536];
-                loop {
-                    let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                        return;
-                    };
-                    if !open.load(Ordering::SeqCst) {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let up = match peers.get(&from) {
-                        Some(up) => up.clone(),
-                        None => {
-                            let up = Arc::new(
-                                UdpSocket::bind("127.0.0.1:0").await.expect("bind upstream"),
-                            );
-                            up.connect(upstream).await.expect("connect upstream");
-                            // Answers from the edge go back to this client, while open.
-                            let (socket, up2, open) = (socket.clone(), up.clone(), open.clone());
-                            tokio::spawn(async move {
-                                let mut buf = vec![0u8; 65_536];
-                                while let Ok(n) = up2.recv(&mut buf).await {
-                                    if open.load(Ordering::SeqCst) {
-                                        let _ = socket.send_to(&buf[..n], from).await;
-                                    }
-                                }
-                            });
-                            peers.insert(from, up.clone());
-                            up
-                        }
-                    };
-                    let _ = up.send(&buf[..n]).await;
-                }
-            }
-        });
-        UdpRelay {
-            addr,
-            open,
-            dropped,
-            task,
-        }
-    }
-}
-
-impl Drop for UdpRelay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The transports of the tunnel's live connections, as the edge's registry has them, with
@@ -161,7 +88,7 @@ fn auto_connector(edge: &EdgeHandle, relay: &UdpRelay) -> ConnectorConfig {
         .expect("a connector config");
     connector.protocol = ProtocolChoice::Auto;
     connector.connections = 2;
-    connector.edge.addresses = vec![relay.addr.to_string()];
+    connector.edge.addresses = vec![relay.addr().to_string()];
     connector.edge.http2_port = Some(edge.http2_addr().port());
     connector.quic_probe = ReconnectSettings {
         initial: Duration::from_millis(500),
@@ -174,7 +101,7 @@ fn auto_connector(edge: &EdgeHandle, relay: &UdpRelay) -> ConnectorConfig {
 async fn a_connector_on_http2_while_probing_quic_stops_cleanly() {
     let dir = tempfile::tempdir().expect("a state folder");
     let edge = edge(dir.path()).await;
-    let relay = UdpRelay::start(edge.quic_addr()).await;
+    let relay = UdpRelay::start(edge.quic_addr(), false).await;
     let mut connector = underpass_connector::Connector::start(auto_connector(&edge, &relay))
         .expect("the connector");
     connector
@@ -198,7 +125,7 @@ async fn auto_falls_back_to_http2_where_udp_is_blocked_and_returns_to_quic_mid_t
     let dir = tempfile::tempdir().expect("a state folder");
     let edge = edge(dir.path()).await;
     let binding = edge.binding_addr("net").expect("the binding");
-    let relay = UdpRelay::start(edge.quic_addr()).await;
+    let relay = UdpRelay::start(edge.quic_addr(), false).await;
     let connector = auto_connector(&edge, &relay);
     let started = Instant::now();
     let connector = underpass_connector::Connector::start(connector).expect("the connector");
@@ -212,7 +139,7 @@ async fn auto_falls_back_to_http2_where_udp_is_blocked_and_returns_to_quic_mid_t
         now.len() == 2 && now.iter().all(|(p, _)| *p == Protocol::Http2),
         "with UDP blocked every connection is on HTTP/2: {now:?}"
     );
-    assert!(relay.dropped.load(Ordering::Relaxed) > 0, "QUIC was tried");
+    assert!(relay.dropped() > 0, "QUIC was tried");
     println!("on HTTP/2 after {on_http2:?} (QUIC blocked)");
 
     // A long transfer, on HTTP/2, through the switch.
@@ -265,7 +192,7 @@ async fn auto_falls_back_to_http2_where_udp_is_blocked_and_returns_to_quic_mid_t
 
     // UDP passes again: each connection moves back to QUIC within the probe interval; the
     // HTTP/2 one carrying the transfer drains, the idle one closes.
-    relay.open.store(true, Ordering::SeqCst);
+    relay.pass();
     let opened = Instant::now();
     wait_for(
         "both connections back on QUIC, HTTP/2 draining",

@@ -253,9 +253,13 @@ pub fn free_tcp_port() -> Result<u16> {
     free_port(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok())
 }
 
-/// A free UDP port on 127.0.0.1 for a server, outside the ephemeral range.
+/// A port on 127.0.0.1 for an edge, outside the ephemeral range, free on UDP (QUIC) and on TCP
+/// (the edge's HTTP/2 listener takes the same port number by default).
 pub fn free_udp_port() -> Result<u16> {
-    free_port(|port| UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok())
+    free_port(|port| {
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+    })
 }
 
 /// A port that `bindable` could bind, not handed out before by this process, below the
@@ -357,4 +361,14 @@ mod tests {
         assert!(cpu_ticks(pid).is_ok());
         assert!(fd_count(pid) > 0);
     }
+}
+
+/// The two processes of a tunnel: the public end (edge, rathole server) and the private end
+/// (connector, rathole client).
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelPids {
+    /// Edge or rathole server.
+    pub server: u32,
+    /// Connector or rathole client.
+    pub client: u32,
 }

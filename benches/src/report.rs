@@ -10,16 +10,17 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::results::{
-    LinkResults, MetricRecord, DIRECT, PATHS, RATHOLE, UNDERPASS, UNDERPASS_PROXY,
+    LinkResults, MetricRecord, DIRECT, PATHS, RATHOLE, UNDERPASS, UNDERPASS_H2, UNDERPASS_PROXY,
+    UNDERPASS_PROXY_H2,
 };
 
 /// How a target compares.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum Rule {
-    /// `path / rathole-tls >= threshold`.
+    /// `path / against >= threshold`.
     RatioAtLeast,
-    /// `path / rathole-tls <= threshold`.
+    /// `path / against <= threshold`.
     RatioAtMost,
     /// `path`'s own value `<= threshold`.
     AtMost,
@@ -28,6 +29,8 @@ enum Rule {
 struct TargetSpec {
     metric: &'static str,
     path: &'static str,
+    /// The denominator path of a ratio target (rathole-tls unless said otherwise).
+    against: &'static str,
     rule: Rule,
     threshold: f64,
     text: &'static str,
@@ -43,14 +46,31 @@ const fn target(
     TargetSpec {
         metric,
         path,
+        against: RATHOLE,
         rule,
         threshold,
         text,
     }
 }
 
-/// The targets of issue 6. Ratios are against rathole-tls in the same run; the proxy-binding
-/// lines (`fetch()`, `connect()`) hold the same bar as the TCP binding.
+/// A ratio target against another path of the same run than rathole-tls.
+const fn target_vs(
+    metric: &'static str,
+    path: &'static str,
+    against: &'static str,
+    rule: Rule,
+    threshold: f64,
+    text: &'static str,
+) -> TargetSpec {
+    TargetSpec {
+        against,
+        ..target(metric, path, rule, threshold, text)
+    }
+}
+
+/// The targets of issue 6, then those of the HTTP/2 transport (issue 13). Ratios are against
+/// rathole-tls in the same run unless a target names another path; the proxy-binding lines
+/// (`fetch()`, `connect()`) hold the same bar as the TCP binding.
 const TARGETS: &[TargetSpec] = &[
     target(
         "bulk1_gbps",
@@ -157,6 +177,36 @@ const TARGETS: &[TargetSpec] = &[
         20.0,
         "Idle stream ≤ 20 KiB, edge",
     ),
+    target(
+        "bulk1_gbps",
+        UNDERPASS_H2,
+        Rule::RatioAtLeast,
+        1.0,
+        "HTTP/2: TCP bulk 1 stream ≥ 1.0×",
+    ),
+    target(
+        "bulk4_gbps",
+        UNDERPASS_H2,
+        Rule::RatioAtLeast,
+        1.0,
+        "HTTP/2: TCP bulk 4 streams ≥ 1.0×",
+    ),
+    target_vs(
+        "bulk1_gbps",
+        UNDERPASS_H2,
+        UNDERPASS,
+        Rule::RatioAtLeast,
+        0.8,
+        "HTTP/2: bulk 1 stream ≥ 0.8× QUIC",
+    ),
+    target_vs(
+        "bulk4_gbps",
+        UNDERPASS_H2,
+        UNDERPASS,
+        Rule::RatioAtLeast,
+        0.8,
+        "HTTP/2: bulk 4 streams ≥ 0.8× QUIC",
+    ),
 ];
 
 /// One row of a table.
@@ -175,6 +225,7 @@ struct Verdict {
     target: String,
     metric: String,
     path: String,
+    against: String,
     rule: Rule,
     threshold: f64,
     /// The compared figure: a ratio, or the value itself for absolute targets.
@@ -275,6 +326,10 @@ fn row(record: &MetricRecord) -> Row {
     for (numerator, denominator) in [
         (UNDERPASS, RATHOLE),
         (UNDERPASS_PROXY, RATHOLE),
+        (UNDERPASS_H2, RATHOLE),
+        (UNDERPASS_PROXY_H2, RATHOLE),
+        (UNDERPASS_H2, UNDERPASS),
+        (UNDERPASS_PROXY_H2, UNDERPASS_PROXY),
         (UNDERPASS, DIRECT),
         (UNDERPASS_PROXY, DIRECT),
     ] {
@@ -297,12 +352,12 @@ fn verdicts(link: &LinkResults) -> Vec<Verdict> {
         .map(|spec| {
             let record = link.metrics.iter().find(|m| m.id == spec.metric);
             let value = record.and_then(|r| r.median.get(spec.path).copied());
-            let theirs = record.and_then(|r| r.median.get(RATHOLE).copied());
+            let theirs = record.and_then(|r| r.median.get(spec.against).copied());
             let unit = record.map(|r| r.unit.as_str()).unwrap_or("");
             let (figure, detail) = match spec.rule {
                 Rule::AtMost => (value, value.map(|v| format!("{} {unit}", num(v)))),
                 Rule::RatioAtLeast | Rule::RatioAtMost => {
-                    let figure = record.and_then(|r| ratio(r, spec.path, RATHOLE));
+                    let figure = record.and_then(|r| ratio(r, spec.path, spec.against));
                     let detail = match (value, theirs) {
                         (Some(v), Some(t)) => {
                             Some(format!("{:.2}× ({} vs {} {unit})", v / t, num(v), num(t)))
@@ -320,6 +375,7 @@ fn verdicts(link: &LinkResults) -> Vec<Verdict> {
                 target: spec.text.to_owned(),
                 metric: spec.metric.to_owned(),
                 path: spec.path.to_owned(),
+                against: spec.against.to_owned(),
                 rule: spec.rule,
                 threshold: spec.threshold,
                 figure,
@@ -351,8 +407,21 @@ pub fn render(links: &[LinkResults]) -> String {
         );
         let _ = writeln!(
             out,
-            "{:<42} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}",
-            "metric", "unit", "direct", "underpass", "u-proxy", "rathole", "U/R", "Up/R", "U/D"
+            "{:<42} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            "metric",
+            "unit",
+            "direct",
+            "underpass",
+            "u-proxy",
+            "u-h2",
+            "up-h2",
+            "rathole",
+            "U/R",
+            "Up/R",
+            "H/R",
+            "Hp/R",
+            "H/U",
+            "U/D"
         );
         for record in &link.metrics {
             let cell = |path: &str| {
@@ -369,22 +438,29 @@ pub fn render(links: &[LinkResults]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<42} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}",
+                "{:<42} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
                 record.label,
                 record.unit,
                 cell(PATHS[0]),
                 cell(PATHS[1]),
                 cell(PATHS[2]),
                 cell(PATHS[3]),
+                cell(PATHS[4]),
+                cell(PATHS[5]),
                 times(ratio(record, UNDERPASS, RATHOLE)),
                 times(ratio(record, UNDERPASS_PROXY, RATHOLE)),
+                times(ratio(record, UNDERPASS_H2, RATHOLE)),
+                times(ratio(record, UNDERPASS_PROXY_H2, RATHOLE)),
+                times(ratio(record, UNDERPASS_H2, UNDERPASS)),
                 times(ratio(record, UNDERPASS, DIRECT)),
             );
         }
         let _ = writeln!(
             out,
-            "u-proxy: the HTTP proxy binding, fetch() for HTTP rows, connect() for new \
-             connections. Memory/CPU rows: underpass = edge | connector, rathole = server | \
+            "underpass, u-proxy: the connector on its default transport (QUIC) or on \
+             `--protocol`; u-h2, up-h2: on HTTP/2-over-TLS. u-proxy, up-h2: the HTTP proxy \
+             binding, fetch() for HTTP rows, connect() for new connections. H/U: u-h2 / \
+             underpass. Memory/CPU rows: underpass = edge | connector, rathole = server | \
              client. Idle streams: {} through Underpass, {} through rathole.",
             link.env.workload.idle_streams_underpass, link.env.workload.idle_streams_rathole
         );
@@ -477,5 +553,28 @@ mod tests {
         assert_eq!(status("bulk4_gbps", UNDERPASS), "n/a");
         let text = render(&[link]);
         assert!(text.contains("1.25×"), "{text}");
+    }
+
+    #[test]
+    fn http2_targets_compare_against_quic_and_rathole() {
+        let link = link(&[
+            ("bulk1_gbps", UNDERPASS, 10.0),
+            ("bulk1_gbps", UNDERPASS_H2, 7.0),
+            ("bulk1_gbps", RATHOLE, 5.0),
+        ]);
+        let verdicts = verdicts(&link);
+        let of = |against: &str| {
+            verdicts
+                .iter()
+                .find(|v| {
+                    v.metric == "bulk1_gbps" && v.path == UNDERPASS_H2 && v.against == against
+                })
+                .unwrap() // both HTTP/2 bulk targets are in TARGETS
+        };
+        // 7 / 5 = 1.4× rathole: met; 7 / 10 = 0.7× QUIC: missed.
+        assert_eq!(of(RATHOLE).status, "met");
+        assert_eq!(of(UNDERPASS).status, "MISSED");
+        assert_eq!(of(UNDERPASS).figure, Some(0.7));
+        assert!(render(&[link]).contains("0.70×"));
     }
 }

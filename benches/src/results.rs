@@ -12,11 +12,22 @@ pub const UNDERPASS: &str = "underpass";
 /// Through Underpass's HTTP proxy binding: `fetch()` for HTTP rows, `connect()` for new
 /// connections.
 pub const UNDERPASS_PROXY: &str = "underpass-proxy";
+/// As [`UNDERPASS`], with the connector on the HTTP/2-over-TLS transport (`protocol = "http2"`).
+pub const UNDERPASS_H2: &str = "underpass-h2";
+/// As [`UNDERPASS_PROXY`], with the connector on the HTTP/2-over-TLS transport.
+pub const UNDERPASS_PROXY_H2: &str = "underpass-proxy-h2";
 /// Through rathole 0.5.0 with its TLS transport.
 pub const RATHOLE: &str = "rathole-tls";
 
 /// The columns of the table, in order.
-pub const PATHS: [&str; 4] = [DIRECT, UNDERPASS, UNDERPASS_PROXY, RATHOLE];
+pub const PATHS: [&str; 6] = [
+    DIRECT,
+    UNDERPASS,
+    UNDERPASS_PROXY,
+    UNDERPASS_H2,
+    UNDERPASS_PROXY_H2,
+    RATHOLE,
+];
 
 /// One measured quantity.
 #[derive(Debug, Clone, Copy)]
@@ -33,9 +44,9 @@ const fn spec(id: &'static str, label: &'static str, unit: &'static str) -> Metr
     MetricSpec { id, label, unit }
 }
 
-/// Every metric, in table order. For the memory and CPU rows, the `underpass` column holds the
-/// edge (server side) or the connector (client side) and the `rathole-tls` column rathole's
-/// server or client.
+/// Every metric, in table order. For the memory and CPU rows, the `underpass` and
+/// `underpass-h2` columns hold the edge (server side) or the connector (client side) and the
+/// `rathole-tls` column rathole's server or client.
 pub const METRICS: &[MetricSpec] = &[
     spec("bulk1_gbps", "TCP bulk, 1 stream", "Gbit/s"),
     spec("bulk4_gbps", "TCP bulk, 4 streams", "Gbit/s"),

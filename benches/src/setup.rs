@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::client;
-use crate::procs::{free_tcp_port, free_udp_port, local, run_captured, wait_listening, Proc, POLL};
+use crate::procs::{
+    free_tcp_port, free_udp_port, local, run_captured, wait_listening, Proc, TunnelPids, POLL,
+};
 
 /// How long anything may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -171,9 +173,16 @@ pub struct UnderpassSetup {
 }
 
 impl UnderpassSetup {
-    /// Write the edge config, create the tunnel, write the connector config.
-    pub fn prepare(tools: &Tools, work: &Path, origins: &Origins) -> Result<UnderpassSetup> {
-        let dir = work.join("underpass");
+    /// Write the edge config, create the tunnel, write the connector config, in `work/name`.
+    /// `protocol` is the connector's `protocol` key; `None` keeps its default (`auto`).
+    pub fn prepare(
+        tools: &Tools,
+        work: &Path,
+        origins: &Origins,
+        name: &str,
+        protocol: Option<&str>,
+    ) -> Result<UnderpassSetup> {
+        let dir = work.join(name);
         fs::create_dir_all(&dir)?;
         let quic = free_udp_port()?;
         let ports = UnderpassPorts {
@@ -225,11 +234,7 @@ impl UnderpassSetup {
             .filter(|n| !n.is_empty())
             .map(|n| format!("connections = {n}\n"))
             .unwrap_or_default();
-        // The transport: the connector's default unless the run asks for one
-        // (`scripts/bench --protocol P`).
-        let protocol = std::env::var("UNDERPASS_BENCH_PROTOCOL")
-            .ok()
-            .filter(|p| !p.is_empty())
+        let protocol = protocol
             .map(|p| format!("protocol = \"{p}\"\n"))
             .unwrap_or_default();
         fs::write(
@@ -304,6 +309,16 @@ pub struct Underpass {
     pub edge: Proc,
     /// The connector.
     pub connector: Proc,
+}
+
+impl Underpass {
+    /// The process ids, for the CPU and memory figures.
+    pub fn pids(&self) -> TunnelPids {
+        TunnelPids {
+            server: self.edge.pid(),
+            client: self.connector.pid(),
+        }
+    }
 }
 
 /// Ports of rathole's server-side services (where visitors connect).

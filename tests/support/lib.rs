@@ -35,6 +35,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod relay;
 pub mod slow_origin;
 pub mod sockets;
 pub mod stack;

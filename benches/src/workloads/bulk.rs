@@ -7,17 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::procs::{cpu_ticks, run_captured, RssSampler};
-
-/// The two processes of a tunnel: the public end (edge, rathole server) and the private end
-/// (connector, rathole client).
-#[derive(Debug, Clone, Copy)]
-pub struct TunnelPids {
-    /// Edge or rathole server.
-    pub server: u32,
-    /// Connector or rathole client.
-    pub client: u32,
-}
+use crate::procs::{cpu_ticks, run_captured, RssSampler, TunnelPids};
 
 /// One bulk run.
 #[derive(Debug, Clone)]

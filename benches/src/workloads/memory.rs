@@ -12,8 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::{IO_TIMEOUT, PING};
+use crate::procs::TunnelPids;
 use crate::procs::{fd_count, rss_kib, POLL};
-use crate::workloads::bulk::TunnelPids;
 
 /// How long memory may settle before it is read.
 pub const SETTLE: Duration = Duration::from_secs(1);

@@ -14,9 +14,11 @@ use anyhow::{bail, Result};
 
 use crate::client;
 use crate::procs::local;
-use crate::results::{Collector, DIRECT, RATHOLE, UNDERPASS, UNDERPASS_PROXY};
+use crate::procs::TunnelPids;
+use crate::results::{
+    Collector, DIRECT, RATHOLE, UNDERPASS, UNDERPASS_H2, UNDERPASS_PROXY, UNDERPASS_PROXY_H2,
+};
 use crate::setup::{Origins, Rathole, RatholeSetup, Tools, Underpass, UnderpassSetup, SMALL_FILE};
-use crate::workloads::bulk::TunnelPids;
 
 /// Durations and counts.
 #[derive(Debug, Clone)]
@@ -52,24 +54,31 @@ pub fn measure_link(
         "origins: iperf3 :{}, nginx :{}, echo :{}",
         origins.iperf, origins.nginx, origins.echo
     ));
-    let underpass_setup = UnderpassSetup::prepare(tools, work, &origins)?;
+    // The connector's transport of the `underpass` columns: its default (auto, which lands on
+    // QUIC here) unless the run asks for one (`scripts/bench --protocol P`). The `underpass-h2`
+    // columns always run over HTTP/2-over-TLS.
+    let protocol = std::env::var("UNDERPASS_BENCH_PROTOCOL")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let underpass_setup =
+        UnderpassSetup::prepare(tools, work, &origins, "underpass", protocol.as_deref())?;
+    let h2_setup = UnderpassSetup::prepare(tools, work, &origins, "underpass-h2", Some("http2"))?;
     let rathole_setup = RatholeSetup::prepare(work, &origins)?;
 
     // Memory first, on freshly started tunnels, so idle figures are not the leftovers of bulk
     // transfers; then both are restarted for the throughput workloads.
     {
         let underpass = underpass_setup.start(tools, &origins)?;
+        let h2 = h2_setup.start(tools, &origins)?;
         let rathole = rathole_setup.start(tools)?;
-        let up = TunnelPids {
-            server: underpass.edge.pid(),
-            client: underpass.connector.pid(),
-        };
+        let up = underpass.pids();
+        let h2 = h2.pids();
         let rh = TunnelPids {
             server: rathole.server.pid(),
             client: rathole.client.pid(),
         };
         thread::sleep(memory::SETTLE);
-        for (path, pids) in [(UNDERPASS, up), (RATHOLE, rh)] {
+        for (path, pids) in [(UNDERPASS, up), (UNDERPASS_H2, h2), (RATHOLE, rh)] {
             let idle = memory::pair_rss(pids)?;
             collector.push("rss_idle_server", path, mib(idle.server));
             collector.push("rss_idle_client", path, mib(idle.client));
@@ -85,6 +94,12 @@ pub fn measure_link(
                 local(underpass_setup.ports.echo),
                 settings.idle_streams_underpass,
                 up,
+            ),
+            (
+                UNDERPASS_H2,
+                local(h2_setup.ports.echo),
+                settings.idle_streams_underpass,
+                h2,
             ),
             (
                 RATHOLE,
@@ -117,11 +132,10 @@ pub fn measure_link(
     }
 
     let mut underpass = underpass_setup.start(tools, &origins)?;
+    let mut h2 = h2_setup.start(tools, &origins)?;
     let mut rathole = rathole_setup.start(tools)?;
-    let up = TunnelPids {
-        server: underpass.edge.pid(),
-        client: underpass.connector.pid(),
-    };
+    let up = underpass.pids();
+    let h2_pids = h2.pids();
     let rh = TunnelPids {
         server: rathole.server.pid(),
         client: rathole.client.pid(),
@@ -129,6 +143,7 @@ pub fn measure_link(
     let fetch_script = work.join("fetch.lua");
     http::write_fetch_script(&fetch_script, origins.nginx, SMALL_FILE)?;
     let up_ports = underpass_setup.ports;
+    let h2_ports = h2_setup.ports;
     let rh_ports = rathole_setup.ports;
 
     for run in 1..=settings.runs {
@@ -141,6 +156,7 @@ pub fn measure_link(
             for (path, port, pids) in [
                 (DIRECT, origins.iperf, None),
                 (UNDERPASS, up_ports.iperf, Some(up)),
+                (UNDERPASS_H2, h2_ports.iperf, Some(h2_pids)),
                 (RATHOLE, rh_ports.iperf, Some(rh)),
             ] {
                 let what = format!("{tag} bulk -P {streams} {path}");
@@ -177,9 +193,9 @@ pub fn measure_link(
                 }
                 say(line);
             }
-            alive(&mut underpass, &mut rathole)?;
+            alive(&mut [&mut underpass, &mut h2], &mut rathole)?;
         }
-        for path in [UNDERPASS, RATHOLE] {
+        for path in [UNDERPASS, UNDERPASS_H2, RATHOLE] {
             let (server, client) = peaks
                 .iter()
                 .filter(|(p, _)| *p == path)
@@ -200,6 +216,12 @@ pub fn measure_link(
                 (
                     UNDERPASS_PROXY,
                     up_ports.proxy,
+                    Some(fetch_script.as_path()),
+                ),
+                (UNDERPASS_H2, h2_ports.nginx, None),
+                (
+                    UNDERPASS_PROXY_H2,
+                    h2_ports.proxy,
                     Some(fetch_script.as_path()),
                 ),
                 (RATHOLE, rh_ports.nginx, None),
@@ -225,20 +247,27 @@ pub fn measure_link(
                     result.rps, result.p50_ms, result.p99_ms
                 ));
             }
-            alive(&mut underpass, &mut rathole)?;
+            alive(&mut [&mut underpass, &mut h2], &mut rathole)?;
         }
 
         let echo = local(origins.echo);
-        for path in [DIRECT, UNDERPASS, UNDERPASS_PROXY, RATHOLE] {
+        // `Some(proxy)`: connect() through that proxy binding to the echo origin; `None`: a
+        // plain connection to `port`.
+        for (path, port, proxy) in [
+            (DIRECT, origins.echo, None),
+            (UNDERPASS, up_ports.echo, None),
+            (UNDERPASS_PROXY, 0, Some(up_ports.proxy)),
+            (UNDERPASS_H2, h2_ports.echo, None),
+            (UNDERPASS_PROXY_H2, 0, Some(h2_ports.proxy)),
+            (RATHOLE, rh_ports.echo, None),
+        ] {
             let what = format!("{tag} new connections {path}");
             let count = settings.connections;
-            let result = match path {
-                DIRECT => conns::sequential(count, || client::connect(echo)),
-                UNDERPASS => conns::sequential(count, || client::connect(local(up_ports.echo))),
-                UNDERPASS_PROXY => conns::sequential(count, || {
-                    client::connect_via_proxy(local(up_ports.proxy), echo)
-                }),
-                _ => conns::sequential(count, || client::connect(local(rh_ports.echo))),
+            let result = match proxy {
+                Some(proxy) => {
+                    conns::sequential(count, || client::connect_via_proxy(local(proxy), echo))
+                }
+                None => conns::sequential(count, || client::connect(local(port))),
             };
             let Some(result) = record_failure(&what, result, notes) else {
                 continue;
@@ -251,7 +280,7 @@ pub fn measure_link(
                 result.rate, result.p50_ms, result.p99_ms
             ));
         }
-        alive(&mut underpass, &mut rathole)?;
+        alive(&mut [&mut underpass, &mut h2], &mut rathole)?;
         say(format!(
             "{tag} done in {:.0} s",
             run_start.elapsed().as_secs_f64()
@@ -274,13 +303,12 @@ fn record_failure<T>(what: &str, result: Result<T>, notes: &mut Vec<String>) -> 
 }
 
 /// Fail when a tunnel process died: every later figure would be meaningless.
-fn alive(underpass: &mut Underpass, rathole: &mut Rathole) -> Result<()> {
-    for proc in [
-        &mut underpass.edge,
-        &mut underpass.connector,
-        &mut rathole.server,
-        &mut rathole.client,
-    ] {
+fn alive(underpass: &mut [&mut Underpass], rathole: &mut Rathole) -> Result<()> {
+    let procs = underpass
+        .iter_mut()
+        .flat_map(|u| [&mut u.edge, &mut u.connector])
+        .chain([&mut rathole.server, &mut rathole.client]);
+    for proc in procs {
         if let Err(error) = proc.check_alive() {
             bail!("a tunnel process died: {error:#}");
         }
