@@ -39,3 +39,38 @@ pub async fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
     );
     Ok(response.text())
 }
+
+/// One request to the edge's directory API at `addr`: `method path`, with `token` as
+/// `Authorization: Bearer` when given and `body` as JSON when given; `(status, body as JSON)`.
+pub async fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to the admin listener {addr}"))?;
+    let response = tokio::time::timeout(ADMIN_TIMEOUT, http1::exchange(stream, request.as_bytes()))
+        .await
+        .with_context(|| format!("{method} {path}: no answer within {ADMIN_TIMEOUT:?}"))??;
+    let json = response
+        .json()
+        .with_context(|| format!("{method} {path} answered {}", response.status))?;
+    Ok((response.status, json))
+}

@@ -15,10 +15,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::Method;
 use serde::{Deserialize, Serialize};
-use underpass_rt::admin::AdminHandler;
+use underpass_rt::admin::{AdminHandler, ApiFuture, ApiRequest};
 use underpass_rt::Shutdown;
 use underpass_transport::AnyConnection;
 
+use crate::api::handlers::{Api, ACCOUNTS_PREFIX};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::metrics::EdgeMetrics;
@@ -34,6 +35,8 @@ const MAX_ANSWER: u64 = 16 << 20;
 
 /// What the admin endpoints read.
 pub(crate) struct EdgeAdmin {
+    /// The directory API (`/accounts/...`).
+    pub api: Arc<Api>,
     /// Live connector connections.
     pub registry: Arc<Registry<AnyConnection>>,
     /// Tunnels, for names.
@@ -64,6 +67,14 @@ impl AdminHandler for EdgeAdmin {
     fn metrics(&self) -> String {
         self.metrics
             .render(&self.registry.snapshot(), &self.tunnels)
+    }
+
+    fn is_api(&self, path: &str) -> bool {
+        path.starts_with(ACCOUNTS_PREFIX)
+    }
+
+    fn api(&self, request: ApiRequest) -> ApiFuture<'_> {
+        Box::pin(self.api.handle(request))
     }
 
     fn route(&self, method: &Method, path: &str) -> Option<(u16, serde_json::Value)> {

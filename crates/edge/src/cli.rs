@@ -75,6 +75,32 @@ pub enum Command {
     /// Validate the config file and exit; warn about networks and services whose tunnel does
     /// not exist (yet) in the state directory.
     CheckConfig,
+    /// Manage the admin API's tokens in the state directory's database (on the edge host,
+    /// without the API: this is how an account's first Admin token is made).
+    Token {
+        /// What to do with API tokens.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// A `token` subcommand.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make an API token and print it on stdout, once: only its hash is kept. The account is
+    /// created if it does not exist.
+    Create {
+        /// The account (tenant) the token acts in.
+        #[arg(long)]
+        account: String,
+        /// What it may do: `read` (list and view), `bind` (also bind services and networks by
+        /// network id) or `admin` (everything).
+        #[arg(long, value_parser = ["read", "bind", "admin"])]
+        role: String,
+        /// A label for the token, shown when tokens are listed.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
 }
 
 /// A `tunnel` subcommand.
@@ -167,6 +193,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Tunnel { command } => tunnel(command, &config, path),
+        Command::Token { command } => token(command, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,6 +255,41 @@ fn tunnel_warnings(config: &EdgeConfig, path: &Path) -> Vec<String> {
             )
         })
         .collect()
+}
+
+fn token(command: TokenCommand, config: &EdgeConfig) -> Result<(), EdgeError> {
+    use crate::db::{DirectoryBackend, SqliteBackend};
+    match command {
+        TokenCommand::Create {
+            account,
+            role,
+            name,
+        } => {
+            if account.is_empty()
+                || account.len() > 64
+                || !account
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(EdgeError::Config(crate::config::ConfigError::Invalid(
+                    format!("--account {account:?}: 1 to 64 of A-Z a-z 0-9 - _ ."),
+                )));
+            }
+            crate::state::ensure_dir(&config.state_dir)?;
+            let db = SqliteBackend::open(&config.state_dir)?;
+            let account = db.ensure_account(&account)?;
+            let (record, token) = db.create_token(&account.id, &name, &role)?;
+            println!("{token}");
+            eprintln!(
+                "created {role} token {name:?} (id {}) for account {} (id {}). It is shown                  only now; send it as `Authorization: Bearer <token>` to the admin API, e.g.                  GET /accounts/{}/connectivity/directory/services",
+                crate::api::schema::format_id(&record.id),
+                account.name,
+                crate::api::schema::format_id(&account.id),
+                account.name,
+            );
+            Ok(())
+        }
+    }
 }
 
 fn serve(config: EdgeConfig, path: &Path) -> Result<(), EdgeError> {

@@ -79,4 +79,7 @@ pub enum EdgeError {
     /// A live reload that cannot be applied; the running configuration is kept.
     #[error("{0}")]
     Reload(String),
+    /// The directory database could not be opened or read.
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
 }

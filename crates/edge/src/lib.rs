@@ -8,7 +8,12 @@
 //!   data;
 //! - [`config`]: the TOML configuration, validated and converted into the model before
 //!   anything is bound;
-//! - `directory`: where the directory comes from, as a live snapshot (the config file today);
+//! - [`db`]: the directory database (SQLite: accounts, hashed API tokens, the objects made
+//!   through the admin API), behind the `DirectoryBackend` trait;
+//! - `api`: the directory admin API: its JSON shapes and validation, the database's objects
+//!   as the model serves them, and the requests with their roles;
+//! - `directory`: where the directory comes from, as a live snapshot (the config file's
+//!   objects beside the database's);
 //! - [`state`] and [`tunnels`]: the state directory (dev PKI, tunnels and their secrets);
 //! - `registry`: live connector connections per tunnel, and the stream leases drain waits for;
 //! - `policy` and `server`: registration, service policies and the control stream of each
@@ -18,13 +23,15 @@
 //! - `start`: [`Edge::start`] wires everything and returns an [`EdgeHandle`]; [`serve`] runs an
 //!   edge until a shutdown future resolves;
 //! - `metrics` and [`admin`]: the Prometheus metrics and the admin listener (`/healthz`,
-//!   `/ready`, `/metrics`, `/v1/tunnels/{name}`);
+//!   `/ready`, `/metrics`, `/v1/tunnels/{name}`, the directory API under `/accounts/`);
 //! - [`cli`]: the `underpass-edge` command line.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod api;
 pub mod cli;
 pub mod config;
+pub mod db;
 mod directory;
 mod error;
 mod front;

@@ -125,13 +125,15 @@ impl Directory {
     }
 }
 
-/// A VPC Network: every destination the tunnel's connectors route.
+/// A VPC Network: every destination its tunnels' connectors route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Network {
     /// Its name.
     pub name: String,
-    /// Its tunnel.
-    pub tunnel: TunnelRef,
+    /// Its tunnels: one for a network bound to a tunnel; every tunnel of its account for a
+    /// network that spans the account (each stream then goes to the tunnel whose connectors
+    /// announce the most specific route for the destination).
+    pub tunnels: Vec<TunnelRef>,
 }
 
 /// A VPC Service: one private host, always dialed whatever the client asks.
@@ -284,11 +286,11 @@ pub(crate) enum BindingTarget {
 }
 
 impl BindingTarget {
-    /// The tunnel of the network or service.
-    pub(crate) fn tunnel(&self) -> &TunnelRef {
+    /// The tunnels of the network (one, or every one it spans) or the service's tunnel.
+    pub(crate) fn tunnels(&self) -> &[TunnelRef] {
         match self {
-            BindingTarget::Network(network) => &network.tunnel,
-            BindingTarget::Service(service) => &service.tunnel,
+            BindingTarget::Network(network) => &network.tunnels,
+            BindingTarget::Service(service) => std::slice::from_ref(&service.tunnel),
         }
     }
 }

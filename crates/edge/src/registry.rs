@@ -37,7 +37,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::watch;
 use underpass_proto::{AnnouncedRoute, ConnectorId, Host, TunnelId};
-use underpass_routes::{parse_route, PortSet, RouteSpec, RouteTable};
+use underpass_routes::{
+    parse_route, Decision, HostPattern, MatchedRoute, PortSet, RouteSpec, RouteTable,
+};
 use underpass_transport::{
     Connection, ConnectionStats, Protocol, RecvStream, SendStream, StreamError,
 };
@@ -231,6 +233,26 @@ impl Announced {
             _ => texts.join(", "),
         };
         (Announced { table, summary }, rejected)
+    }
+
+    /// How specific the route that lets `destination` through is, `None` if none does: a
+    /// hostname route beats any CIDR route, an exact name beats a wildcard, a longer wildcard
+    /// suffix or a longer prefix beats a shorter one.
+    fn specificity(&self, destination: &Destination) -> Option<u32> {
+        let decision = match &destination.host {
+            Host::Ip(ip) => self.table.lookup_ip(*ip, destination.port),
+            Host::Name(name) => self.table.lookup(name, destination.port),
+        };
+        let Decision::Allowed(found) = decision else {
+            return None;
+        };
+        Some(match found.route {
+            MatchedRoute::Cidr(net) => u32::from(net.prefix_len()),
+            MatchedRoute::Host(HostPattern::Wildcard(suffix)) => {
+                1_000 + u32::try_from(suffix.len()).unwrap_or(u32::MAX - 2_000)
+            }
+            MatchedRoute::Host(HostPattern::Exact(_)) => u32::MAX,
+        })
     }
 
     /// Whether the connector's route check would let `destination` through (deny list
@@ -627,6 +649,19 @@ impl<C: Clone> Registry<C> {
                 lease: Arc::new(entry.streams.lease()),
             },
         })
+    }
+
+    /// The most specific route for `destination` that a live, non-draining connection of
+    /// `tunnel` announced (see `Announced::specificity`), `None` if none covers it.
+    pub(crate) fn best_route(&self, tunnel: &TunnelId, destination: &Destination) -> Option<u32> {
+        let inner = self.lock();
+        inner
+            .get(tunnel)?
+            .entries
+            .iter()
+            .filter(|e| !e.info.draining)
+            .filter_map(|e| e.routes.specificity(destination))
+            .max()
     }
 
     /// Live, non-draining connections of `tunnel`.

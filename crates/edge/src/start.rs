@@ -40,11 +40,14 @@ use underpass_transport::{AnyConnection, AnyListener, Listener, Protocol};
 pub use crate::error::EdgeError;
 
 use crate::admin::EdgeAdmin;
-use crate::config::{ConfigError, EdgeConfig};
+use crate::api::directory as api_directory;
+use crate::api::handlers::{Api, EdgeSide};
+use crate::config::{ConfigError, EdgeConfig, Unmatched};
+use crate::db::{DirectoryBackend, SqliteBackend};
 use crate::directory::{ConfigDirectory, DirectoryStore, ListenerPlan};
 use crate::front::{self, FrontContext};
 use crate::metrics::EdgeMetrics;
-use crate::model::Binding;
+use crate::model::{Binding, Directory};
 use crate::registry::{ConnectionInfo, Registry};
 use crate::server::{self, ServerContext, ServerSettings};
 use crate::state::{self, Pki};
@@ -64,7 +67,7 @@ impl Edge {
     /// the QUIC listener, every binding listener and the admin listener, and start serving.
     /// Ports 0 are allowed: ask the handle for the real addresses.
     pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
-        let directory = config.directory()?;
+        let config_directory = config.directory()?;
         let settings = config
             .quic
             .settings()
@@ -72,6 +75,11 @@ impl Edge {
         let pki = Pki::load_or_generate(&config.state_dir, &config.server_name)?;
         let reset_key = state::reset_key(&config.state_dir)?;
         let tunnels = Arc::new(TunnelStore::open(&config.state_dir)?);
+        // The directory database: the API's objects, served beside the config file's.
+        let backend: Arc<dyn DirectoryBackend> = Arc::new(SqliteBackend::open(&config.state_dir)?);
+        let from_api = api_directory::load(&*backend)?;
+        tunnels.set_api_tunnels(from_api.tunnels.clone());
+        let directory = merged(&config_directory, &from_api);
         let tls = tls::server_config(
             pki.chain_pem.as_bytes(),
             pki.key_pem.as_bytes(),
@@ -146,10 +154,21 @@ impl Edge {
             reload: tokio::sync::Mutex::new(()),
             started_with: config.clone(),
             listeners: listeners.clone(),
+            backend,
+            config_directory: Mutex::new(config_directory),
         });
 
         let admin = match config.admin.listen {
-            Some(addr) => Some(bind_admin(addr, &shared).await?),
+            Some(addr) => {
+                let side = Arc::new(ApiSide {
+                    shared: Arc::downgrade(&shared),
+                    token_addresses: token_addresses.clone(),
+                    server_name: config.server_name.clone(),
+                    ca_pin: pki.ca_pin,
+                });
+                let api = Arc::new(Api::new(shared.backend.clone(), side));
+                Some(bind_admin(addr, &shared, api).await?)
+            }
             None => None,
         };
 
@@ -233,19 +252,26 @@ async fn bind_binding(
             "binding listens beyond loopback: anyone who reaches it reaches the private network"
         );
     }
-    if tunnels.resolve(binding.target.tunnel().as_str()).is_none() {
-        warn!(
-            binding = %binding.name,
-            tunnel = %binding.target.tunnel(),
-            "tunnel does not exist yet; create it with `underpass-edge tunnel create`"
-        );
+    for tunnel in binding.target.tunnels() {
+        if tunnels.resolve(tunnel.as_str()).is_none() {
+            warn!(
+                binding = %binding.name,
+                %tunnel,
+                "tunnel does not exist yet; create it with `underpass-edge tunnel create`"
+            );
+        }
     }
     Ok((tcp, addr))
 }
 
 /// Start the admin listener on `addr`.
-async fn bind_admin(addr: SocketAddr, shared: &Shared) -> Result<AdminServer, EdgeError> {
+async fn bind_admin(
+    addr: SocketAddr,
+    shared: &Shared,
+    api: Arc<Api>,
+) -> Result<AdminServer, EdgeError> {
     let handler = Arc::new(EdgeAdmin {
+        api,
         registry: shared.registry.clone(),
         tunnels: shared.tunnels.clone(),
         metrics: shared.metrics.clone(),
@@ -275,6 +301,68 @@ struct Shared {
     started_with: EdgeConfig,
     /// Listeners bound now (QUIC and bindings), for `/ready`.
     listeners: Arc<AtomicUsize>,
+    /// The directory database.
+    backend: Arc<dyn DirectoryBackend>,
+    /// The config file's directory as last loaded (a change through the API is served beside
+    /// it).
+    config_directory: Mutex<Directory>,
+}
+
+/// The config file's objects, then the database's.
+fn merged(config: &Directory, api: &api_directory::ApiDirectory) -> Directory {
+    Directory {
+        networks: config
+            .networks
+            .iter()
+            .chain(&api.networks)
+            .cloned()
+            .collect(),
+        services: config
+            .services
+            .iter()
+            .chain(&api.services)
+            .cloned()
+            .collect(),
+        bindings: config
+            .bindings
+            .iter()
+            .chain(&api.bindings)
+            .cloned()
+            .collect(),
+    }
+}
+
+/// What the admin API changes on this edge.
+struct ApiSide {
+    shared: std::sync::Weak<Shared>,
+    token_addresses: Vec<String>,
+    server_name: String,
+    ca_pin: [u8; 32],
+}
+
+impl EdgeSide for ApiSide {
+    fn apply(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let shared = self.shared.upgrade().ok_or("the edge has stopped")?;
+            shared
+                .apply(None, None)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    fn binding_addr(&self, name: &str) -> Option<SocketAddr> {
+        let shared = self.shared.upgrade()?;
+        let addr = shared.bindings().get(name).map(|running| running.addr);
+        addr
+    }
+
+    fn connector_token(&self, tunnel: &Tunnel) -> String {
+        tunnel
+            .token(self.token_addresses.clone(), &self.server_name, self.ca_pin)
+            .encode()
+    }
 }
 
 /// A binding listener that runs, and the part of the shutdown its tasks belong to.
@@ -285,6 +373,88 @@ struct RunningBinding {
 }
 
 impl Shared {
+    /// Serve `config` (the config file's directory; `None`: the one last loaded) beside the
+    /// database's current objects: bind the new listeners, then publish the directory, stop
+    /// the removed listeners and close the connections of tunnels the database no longer has.
+    /// Anything that fails fails before anything changed.
+    async fn apply(
+        &self,
+        config: Option<Directory>,
+        unmatched: Option<Unmatched>,
+    ) -> Result<ReloadSummary, EdgeError> {
+        let _one_at_a_time = self.reload.lock().await;
+        if self.shutdown.is_stopping() {
+            return Err(EdgeError::Reload("the edge is shutting down".into()));
+        }
+        let from_file = config.is_some();
+        let config = match config {
+            Some(config) => config,
+            None => self
+                .config_directory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        let from_api = api_directory::load(&*self.backend)?;
+        let directory = merged(&config, &from_api);
+        let running: Vec<Arc<Binding>> = self
+            .bindings()
+            .values()
+            .map(|running| running.binding.clone())
+            .collect();
+        let plan =
+            ListenerPlan::between(&running, &directory.bindings).map_err(EdgeError::Reload)?;
+        let mut bound = Vec::with_capacity(plan.start.len());
+        for binding in &plan.start {
+            let (tcp, addr) = bind_binding(binding, &self.tunnels).await?;
+            bound.push((binding.clone(), tcp, addr));
+        }
+        let revoked = self.tunnels.set_api_tunnels(from_api.tunnels);
+        self.close_revoked(&revoked);
+        self.directory.publish(directory);
+        *self
+            .config_directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = config;
+        if let Some(unmatched) = unmatched {
+            self.registry.set_unmatched(unmatched);
+        }
+        let mut summary = ReloadSummary::default();
+        let mut bindings = self.bindings();
+        for name in plan.stop {
+            if let Some(old) = bindings.remove(&name) {
+                info!(
+                    binding = %name,
+                    addr = %old.addr,
+                    "binding removed: no longer accepting; open exchanges may finish"
+                );
+                old.part.stop();
+                summary.stopped.push(name);
+            }
+        }
+        for (binding, tcp, addr) in bound {
+            summary.started.push(binding.name.clone());
+            let name = binding.name.clone();
+            bindings.insert(name, self.spawn_binding(binding, tcp, addr));
+        }
+        self.listeners.store(bindings.len() + 1, Ordering::Relaxed);
+        drop(bindings);
+        if from_file {
+            info!(
+                started = ?summary.started,
+                stopped = ?summary.stopped,
+                "configuration reloaded"
+            );
+        } else {
+            info!(
+                started = ?summary.started,
+                stopped = ?summary.stopped,
+                "directory changed through the API"
+            );
+        }
+        Ok(summary)
+    }
+
     fn bindings(&self) -> MutexGuard<'_, HashMap<String, RunningBinding>> {
         // Every critical section leaves the map consistent, so a poisoned lock is usable.
         self.bindings.lock().unwrap_or_else(|p| p.into_inner())
@@ -437,56 +607,11 @@ impl EdgeHandle {
     /// and added. Other keys take effect at the next start (a warning names them). An invalid
     /// config, or one whose listeners cannot be bound, changes nothing.
     pub async fn reload(&self, config: &EdgeConfig) -> Result<ReloadSummary, EdgeError> {
-        let shared = &self.shared;
-        let _one_at_a_time = shared.reload.lock().await;
-        if shared.shutdown.is_stopping() {
-            return Err(EdgeError::Reload("the edge is shutting down".into()));
-        }
         let directory = config.directory()?;
-        warn_static_changes(&shared.started_with, config);
-        let running: Vec<Arc<Binding>> = shared
-            .bindings()
-            .values()
-            .map(|running| running.binding.clone())
-            .collect();
-        let plan =
-            ListenerPlan::between(&running, &directory.bindings).map_err(EdgeError::Reload)?;
-        // Everything that can fail happens before anything changes.
-        let mut bound = Vec::with_capacity(plan.start.len());
-        for binding in &plan.start {
-            let (tcp, addr) = bind_binding(binding, &shared.tunnels).await?;
-            bound.push((binding.clone(), tcp, addr));
-        }
-        shared.directory.publish(directory);
-        shared.registry.set_unmatched(config.routing.unmatched);
-        let mut summary = ReloadSummary::default();
-        let mut bindings = shared.bindings();
-        for name in plan.stop {
-            if let Some(old) = bindings.remove(&name) {
-                info!(
-                    binding = %name,
-                    addr = %old.addr,
-                    "binding removed: no longer accepting; open exchanges may finish"
-                );
-                old.part.stop();
-                summary.stopped.push(name);
-            }
-        }
-        for (binding, tcp, addr) in bound {
-            summary.started.push(binding.name.clone());
-            let name = binding.name.clone();
-            bindings.insert(name, shared.spawn_binding(binding, tcp, addr));
-        }
-        shared
-            .listeners
-            .store(bindings.len() + 1, Ordering::Relaxed);
-        drop(bindings);
-        info!(
-            started = ?summary.started,
-            stopped = ?summary.stopped,
-            "configuration reloaded"
-        );
-        Ok(summary)
+        warn_static_changes(&self.shared.started_with, config);
+        self.shared
+            .apply(Some(directory), Some(config.routing.unmatched))
+            .await
     }
 
     /// Delete a tunnel (as `underpass-edge tunnel delete` does) and close its connections now.

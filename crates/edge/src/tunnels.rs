@@ -43,6 +43,9 @@ const MAX_DELETED: usize = 1000;
 pub struct TunnelStore {
     path: PathBuf,
     loaded: RwLock<Loaded>,
+    /// The tunnels of the directory database (made through the admin API), set by the edge
+    /// whenever they change ([`TunnelStore::set_api_tunnels`]).
+    api: RwLock<Vec<Tunnel>>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +139,7 @@ impl TunnelStore {
         let store = TunnelStore {
             path: state_dir.join(TUNNELS_FILE),
             loaded: RwLock::new(Loaded::default()),
+            api: RwLock::new(Vec::new()),
         };
         let loaded = store.read_file()?;
         *store.write_lock() = loaded;
@@ -261,17 +265,36 @@ impl TunnelStore {
         self.find(|t| t.name == reference || Some(t.id) == id)
     }
 
-    /// Every tunnel known, oldest first (from memory).
+    /// Every tunnel known, oldest first (from memory): those of `tunnels.json`, then those
+    /// of the directory database.
     pub fn list(&self) -> Vec<Tunnel> {
-        self.read_lock().tunnels.clone()
+        let mut all = self.read_lock().tunnels.clone();
+        all.extend(self.api_lock().iter().cloned());
+        all
     }
 
     fn find(&self, matches: impl Fn(&Tunnel) -> bool) -> Option<Tunnel> {
-        self.read_lock()
+        let found = self
+            .read_lock()
             .tunnels
             .iter()
             .find(|t| matches(t))
-            .cloned()
+            .cloned();
+        found.or_else(|| self.api_lock().iter().find(|t| matches(t)).cloned())
+    }
+
+    fn api_lock(&self) -> std::sync::RwLockReadGuard<'_, Vec<Tunnel>> {
+        // Writers replace the whole list, so a poisoned lock holds a consistent one.
+        self.api.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace the tunnels of the directory database; returns those revoked by the change
+    /// (deleted, or with another secret), whose connections must be closed.
+    pub(crate) fn set_api_tunnels(&self, tunnels: Vec<Tunnel>) -> Vec<Revoked> {
+        let mut current = self.api.write().unwrap_or_else(|p| p.into_inner());
+        let revoked = revoked(&current, &tunnels);
+        *current = tunnels;
+        revoked
     }
 
     /// Re-read the file if it changed since it was last read (a `stat`, and a read only if it

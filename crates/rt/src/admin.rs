@@ -7,12 +7,14 @@
 //! dropped.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,6 +26,30 @@ use tracing::{debug, info, warn};
 /// read; prometheus-client writes OpenMetrics text, a compatible superset).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The largest request body an API request may carry (larger: 413).
+pub const MAX_API_BODY: usize = 1 << 20;
+
+/// A request to a program's own API ([`AdminHandler::is_api`]), its body read whole.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// The method.
+    pub method: Method,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, without the `?`.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The body (at most [`MAX_API_BODY`] bytes).
+    pub body: Bytes,
+}
+
+/// What an API request is answered with: a status and a JSON body.
+pub type ApiResponse = (u16, serde_json::Value);
+
+/// The future an [`AdminHandler::api`] call returns.
+pub type ApiFuture<'a> = Pin<Box<dyn Future<Output = ApiResponse> + Send + 'a>>;
+
 /// What a program answers on its admin listener.
 pub trait AdminHandler: Send + Sync + 'static {
     /// `GET /ready`: whether the program is ready (200, else 503) and the JSON body.
@@ -33,6 +59,15 @@ pub trait AdminHandler: Send + Sync + 'static {
     /// Any other path: `Some((status, body))` to answer, `None` for 404.
     fn route(&self, _method: &Method, _path: &str) -> Option<(u16, serde_json::Value)> {
         None
+    }
+    /// Whether `path` belongs to the program's API: its requests go to [`AdminHandler::api`]
+    /// with their headers and body.
+    fn is_api(&self, _path: &str) -> bool {
+        false
+    }
+    /// Answer an API request ([`AdminHandler::is_api`]).
+    fn api(&self, _request: ApiRequest) -> ApiFuture<'_> {
+        Box::pin(async { (404, serde_json::json!({"error": "no API here"})) })
     }
 }
 
@@ -98,7 +133,14 @@ async fn accept_loop(
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(answer(&*handler, &request)) }
+                async move {
+                    let response = if handler.is_api(request.uri().path()) {
+                        answer_api(&*handler, request).await
+                    } else {
+                        answer(&*handler, &request)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -141,6 +183,51 @@ fn answer(handler: &dyn AdminHandler, request: &Request<Incoming>) -> Response<F
             ),
         },
     }
+}
+
+/// Read an API request's body (at most [`MAX_API_BODY`]) and let the handler answer it.
+async fn answer_api(
+    handler: &dyn AdminHandler,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_API_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let (status, message) = if error.is::<http_body_util::LengthLimitError>() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {MAX_API_BODY} bytes"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {error}"),
+                )
+            };
+            return json(
+                status,
+                &serde_json::json!({
+                    "success": false,
+                    "errors": [{"code": status.as_u16(), "message": message}],
+                    "messages": [],
+                    "result": null,
+                }),
+            );
+        }
+    };
+    let request = ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    let (status, body) = handler.api(request).await;
+    json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -84,7 +84,7 @@ impl EdgeConfig {
             let what = format!("network {:?}", network.name);
             networks.push(Arc::new(Network {
                 name: network.name.clone(),
-                tunnel: tunnel_ref(&what, &network.tunnel)?,
+                tunnels: vec![tunnel_ref(&what, &network.tunnel)?],
             }));
         }
         let mut names = HashSet::new();

@@ -18,7 +18,8 @@ use underpass_rt::Shutdown;
 use underpass_transport::{Connection, StreamError};
 
 use super::request::{Failure, RequestLog};
-use crate::model::{Binding, Directory, Tunnel};
+use crate::config::Unmatched;
+use crate::model::{Binding, Directory, Tunnel, TunnelRef};
 use crate::registry::{Destination, Leased, LeasedRecv, LeasedSend, NoPick, Picked, Registry};
 use crate::tunnels::TunnelStore;
 
@@ -59,7 +60,10 @@ impl<C: Connection> FrontContext<C> {
         destination: &Destination,
         exclude: &[u64],
     ) -> Result<(Tunnel, Picked<C>), Failure> {
-        let reference = binding.target.tunnel();
+        let reference = match binding.target.tunnels() {
+            [one] => one,
+            spanned => return self.pick_spanning(spanned, destination, exclude),
+        };
         let Some(tunnel) = self.tunnels.resolve(reference.as_str()) else {
             warn!(tunnel = %reference, "binding refers to a tunnel that does not exist");
             return Err(Failure::new(
@@ -94,6 +98,54 @@ impl<C: Connection> FrontContext<C> {
                 ),
                 note: Some(format!("connectors announce: {announced}")),
             }),
+        }
+    }
+
+    /// For a network spanning several tunnels: the tunnel whose connectors announce the most
+    /// specific route for `destination` (ties: the first), then its connection as for one
+    /// tunnel. None announcing one: refused with `destination_ip_unroutable` or
+    /// `destination_not_found`.
+    fn pick_spanning(
+        &self,
+        spanned: &[TunnelRef],
+        destination: &Destination,
+        exclude: &[u64],
+    ) -> Result<(Tunnel, Picked<C>), Failure> {
+        let mut best: Option<(u32, Tunnel)> = None;
+        for reference in spanned {
+            let Some(tunnel) = self.tunnels.resolve(reference.as_str()) else {
+                continue;
+            };
+            if let Some(score) = self.registry.best_route(&tunnel.id, destination) {
+                if best.as_ref().is_none_or(|(top, _)| score > *top) {
+                    best = Some((score, tunnel));
+                }
+            }
+        }
+        let Some((_, tunnel)) = best else {
+            let status = match destination.host {
+                Host::Ip(_) => ProxyStatus::DestinationIpUnroutable,
+                Host::Name(_) => ProxyStatus::DestinationNotFound,
+            };
+            return Err(Failure::new(
+                status,
+                format!(
+                    "no connector of the network's {} tunnel(s) announces a route for \
+                     {destination}",
+                    spanned.len()
+                ),
+            ));
+        };
+        // Only connections that announce a route: a spanning network never falls back.
+        match self
+            .registry
+            .pick(&tunnel.id, destination, exclude, Unmatched::Refuse)
+        {
+            Ok(picked) => Ok((tunnel, picked)),
+            Err(NoPick::NoConnection | NoPick::NoRoute { .. }) => Err(Failure::new(
+                ProxyStatus::DestinationUnavailable,
+                format!("no connector online for tunnel {}", tunnel.name),
+            )),
         }
     }
 

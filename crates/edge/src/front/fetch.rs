@@ -704,7 +704,7 @@ mod tests {
     fn network_binding_dials_the_url() {
         let network = Arc::new(Network {
             name: "corp".into(),
-            tunnel: TunnelRef::new("prod"),
+            tunnels: vec![TunnelRef::new("prod")],
         });
         let url = target("https://db.internal/x").unwrap();
         let head = request_head(
