@@ -703,3 +703,162 @@ async fn a_network_id_spans_the_accounts_tunnels() {
     };
     raw.assert_proxy_error(502, "destination_ip_unroutable");
 }
+
+/// `GET /openapi.json` (no token needed) is the committed `docs/openapi.json`
+/// (`UNDERPASS_UPDATE_OPENAPI=1` rewrites the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_and_committed() {
+    let home = EdgeHome::create_with_admin("");
+    let edge = home.start().await;
+    let (status, served) = admin::get_json(edge.admin_addr().expect("admin"), "/openapi.json")
+        .await
+        .expect("the document");
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(
+        served["openapi"].as_str().map(|v| &v[..2]),
+        Some("3."),
+        "{served}"
+    );
+    let path = underpass_e2e::repo_root().join("docs/openapi.json");
+    if std::env::var_os("UNDERPASS_UPDATE_OPENAPI").is_some() {
+        let text = serde_json::to_string_pretty(&served).expect("JSON") + "\n";
+        std::fs::write(&path, text).expect("write docs/openapi.json");
+    }
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).expect("docs/openapi.json is committed"),
+    )
+    .expect("docs/openapi.json is JSON");
+    assert!(
+        committed == served,
+        "docs/openapi.json is not what the edge serves: run \
+         UNDERPASS_UPDATE_OPENAPI=1 cargo test -p underpass-e2e --test directory_api openapi"
+    );
+    for path in [
+        "/accounts/{account}/connectivity/directory/services",
+        "/accounts/{account}/connectivity/directory/services/{service_id}",
+        "/accounts/{account}/connectivity/directory/bindings",
+        "/accounts/{account}/tokens",
+    ] {
+        assert!(served["paths"].get(path).is_some(), "{path} is described");
+    }
+}
+
+/// schemathesis (PyPI, installed by `scripts/test`) against the served document with an
+/// Admin token: no 5xx, and every answer conforms to the document (status, content type,
+/// body). Its summary is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_nonconforming_answer() {
+    let schemathesis = std::env::var_os("UNDERPASS_SCHEMATHESIS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| underpass_e2e::repo_root().join(".cache/st/bin/schemathesis"));
+    assert!(
+        schemathesis.is_file(),
+        "schemathesis not found at {}: run the tests with scripts/test, which installs it \
+         (pip, into .cache/st), or set UNDERPASS_SCHEMATHESIS",
+        schemathesis.display()
+    );
+    let home = EdgeHome::create_with_admin("");
+    let token = host_token(&home, "acme", "admin").await;
+    let edge = home.start().await;
+    let admin_addr = edge.admin_addr().expect("admin");
+    // Something to find: a tunnel, a service and a binding.
+    let admin = Client::new(&edge, "acme", &token);
+    let tunnel = id_of(
+        &admin.ok("POST", TUNNELS, Some(json!({"name": "t"}))).await,
+        "id",
+    );
+    let service = admin
+        .ok(
+            "POST",
+            SERVICES,
+            Some(json!({"name": "web", "type": "http",
+                "host": {"ipv4": "127.21.7.1", "network": {"tunnel_id": tunnel}}})),
+        )
+        .await;
+    admin
+        .ok(
+            "POST",
+            BINDINGS,
+            Some(json!({"name": "WEB", "service_id": id_of(&service, "service_id")})),
+        )
+        .await;
+    let work = home.dir().join("schemathesis");
+    std::fs::create_dir_all(&work).expect("a work folder");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(schemathesis)
+            .current_dir(&work)
+            .args(["run", &format!("http://{admin_addr}/openapi.json")])
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            .args(["--set-path", "account=acme", "--experimental=openapi-3.1"])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,\
+                 response_schema_conformance",
+            ])
+            .args(["--hypothesis-max-examples", "30", "--hypothesis-seed", "1"])
+            .args([
+                "--hypothesis-deadline",
+                "None",
+                "--request-timeout",
+                "20000",
+            ])
+            .env("SCHEMATHESIS_HOOKS", "")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run schemathesis")
+    })
+    .await
+    .expect("the schemathesis thread");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect();
+    eprintln!("schemathesis summary:\n{}", summary.join("\n"));
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("passed"), "{stdout}");
+    assert!(edge.log().contains("api decision"));
+}
+
+/// `[admin] tls_cert` / `tls_key`: the admin listener (and so the directory API) speaks TLS
+/// with the given certificate; a plain HTTP request gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_tls_with_a_given_certificate() {
+    let pki = underpass_e2e::TestPki::new("admin-test-ca");
+    let home = EdgeHome::create_with_admin("");
+    let (cert, key) = pki.issue_to_files(&["localhost"], home.dir(), "admin");
+    let config = home.config_path();
+    let mut text = std::fs::read_to_string(config).expect("edge.toml");
+    // EdgeHome writes [admin] last: these keys land in it.
+    text.push_str(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    ));
+    std::fs::write(config, text).expect("rewrite edge.toml");
+    let token = host_token(&home, "acme", "read").await;
+    let edge = home.start().await;
+    let addr = edge.admin_addr().expect("admin");
+    let response = http1::get_tls(addr, "localhost", "/openapi.json", pki.client_config())
+        .await
+        .expect("an answer over TLS");
+    assert_eq!(response.status, 200);
+    let stream = http1::tls_connect(addr, "localhost", pki.client_config())
+        .await
+        .expect("TLS");
+    let request = format!(
+        "GET /accounts/acme/connectivity/directory/services HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let response = http1::exchange(stream, request.as_bytes())
+        .await
+        .expect("an answer");
+    assert_eq!(response.status, 200, "{}", response.text());
+    // Plain HTTP is not answered as HTTP.
+    let plain = admin::get(addr, "/healthz").await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status != 200));
+}

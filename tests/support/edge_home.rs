@@ -185,8 +185,12 @@ impl EdgeHome {
             }
             if !admin_up {
                 if let Some(addr) = self.admin_addr {
-                    admin_up =
-                        matches!(admin::get(addr, "/healthz").await, Ok(r) if r.status == 200);
+                    // Over TLS (`[admin] tls_cert`), the bound listener's log line instead.
+                    let log = edge.log();
+                    admin_up = log
+                        .lines()
+                        .any(|l| l.contains("admin listener bound") && l.contains("tls=true"))
+                        || matches!(admin::get(addr, "/healthz").await, Ok(r) if r.status == 200);
                 }
             }
             if listening && admin_up {

@@ -26,6 +26,8 @@ use crate::metrics::EdgeMetrics;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::tunnels::TunnelStore;
 
+/// The OpenAPI description of the directory API.
+const OPENAPI_PATH: &str = "/openapi.json";
 /// The path prefix of the tunnel status endpoint.
 const TUNNELS_PATH: &str = "/v1/tunnels/";
 /// How long `tunnel info` waits for the edge's admin listener (connect, then each read).
@@ -78,6 +80,17 @@ impl AdminHandler for EdgeAdmin {
     }
 
     fn route(&self, method: &Method, path: &str) -> Option<(u16, serde_json::Value)> {
+        if path == OPENAPI_PATH {
+            if method != Method::GET {
+                return Some((405, serde_json::json!({"error": "only GET is allowed"})));
+            }
+            return Some(
+                match serde_json::to_value(crate::api::openapi::document()) {
+                    Ok(document) => (200, document),
+                    Err(error) => (500, serde_json::json!({ "error": error.to_string() })),
+                },
+            );
+        }
         let reference = path.strip_prefix(TUNNELS_PATH)?;
         if method != Method::GET {
             return Some((405, serde_json::json!({"error": "only GET is allowed"})));

@@ -82,6 +82,18 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage an account's VPC Services, VPC Networks, bindings, tunnels and API tokens
+    /// through a running edge's directory API (its admin listener); needs no config file.
+    #[command(after_help = crate::cli_vpc::AFTER_HELP)]
+    Vpc {
+        // Where the API is and who asks (`--api`, `--api-token`, `--account`, `--json`).
+        #[command(flatten)]
+        api: crate::cli_vpc::ApiArgs,
+        /// What to manage.
+        // Boxed: a service's options are large beside the other commands.
+        #[command(subcommand)]
+        command: Box<crate::cli_vpc::VpcCommand>,
+    },
 }
 
 /// A `token` subcommand.
@@ -157,6 +169,10 @@ pub fn main() -> ExitCode {
 
 /// Run a parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
+    // `vpc` talks to a running edge's API: it needs no config file.
+    if let Command::Vpc { api, command } = cli.command {
+        return vpc(api, *command, cli.log_format);
+    }
     let Some(path) = cli.config.as_deref() else {
         eprintln!("error: --config FILE is required (or set UNDERPASS_EDGE_CONFIG)");
         return ExitCode::from(EX_USAGE);
@@ -194,6 +210,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Tunnel { command } => tunnel(command, &config, path),
         Command::Token { command } => token(command, &config),
+        Command::Vpc { .. } => unreachable!("vpc is dispatched before the config is loaded"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,6 +221,29 @@ pub fn run(cli: Cli) -> ExitCode {
                 | EdgeError::NoPublicAddress(_)
                 | EdgeError::NoAdmin
                 | EdgeError::BadTunnelReference(_) => ExitCode::from(EX_USAGE),
+                _ => ExitCode::from(EX_FAILURE),
+            }
+        }
+    }
+}
+
+/// Run a `vpc` command: one `error: ` line per line of a failure; 64 for a bad command line or
+/// a request the API refused as invalid (400), 1 for anything else.
+fn vpc(
+    api: crate::cli_vpc::ApiArgs,
+    command: crate::cli_vpc::VpcCommand,
+    log_format: Option<LogFormat>,
+) -> ExitCode {
+    use crate::cli_vpc::VpcError;
+    underpass_rt::init_tracing("warn", log_format.unwrap_or_default());
+    match crate::cli_vpc::run(api, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            for line in error.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            match error {
+                VpcError::Usage(_) | VpcError::Api { status: 400, .. } => ExitCode::from(EX_USAGE),
                 _ => ExitCode::from(EX_FAILURE),
             }
         }
@@ -281,7 +321,9 @@ fn token(command: TokenCommand, config: &EdgeConfig) -> Result<(), EdgeError> {
             let (record, token) = db.create_token(&account.id, &name, &role)?;
             println!("{token}");
             eprintln!(
-                "created {role} token {name:?} (id {}) for account {} (id {}). It is shown                  only now; send it as `Authorization: Bearer <token>` to the admin API, e.g.                  GET /accounts/{}/connectivity/directory/services",
+                "created {role} token {name:?} (id {}) for account {} (id {}). It is shown \
+                 only now; send it as `Authorization: Bearer <token>` to the admin API, e.g. \
+                 GET /accounts/{}/connectivity/directory/services",
                 crate::api::schema::format_id(&record.id),
                 account.name,
                 crate::api::schema::format_id(&account.id),

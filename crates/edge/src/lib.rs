@@ -30,6 +30,7 @@
 pub mod admin;
 mod api;
 pub mod cli;
+mod cli_vpc;
 pub mod config;
 pub mod db;
 mod directory;

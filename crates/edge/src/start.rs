@@ -167,7 +167,8 @@ impl Edge {
                     ca_pin: pki.ca_pin,
                 });
                 let api = Arc::new(Api::new(shared.backend.clone(), side));
-                Some(bind_admin(addr, &shared, api).await?)
+                let tls = admin_tls(&config)?;
+                Some(bind_admin(addr, &shared, api, tls).await?)
             }
             None => None,
         };
@@ -265,10 +266,32 @@ async fn bind_binding(
 }
 
 /// Start the admin listener on `addr`.
+/// The admin listener's TLS configuration from `[admin] tls_cert` and `tls_key`, if set.
+fn admin_tls(config: &EdgeConfig) -> Result<Option<Arc<rustls::ServerConfig>>, EdgeError> {
+    let (Some(cert), Some(key)) = (&config.admin.tls_cert, &config.admin.tls_key) else {
+        return Ok(None);
+    };
+    let read = |key_name: &str, path: &Path| {
+        std::fs::read(path).map_err(|error| {
+            EdgeError::Admin(format!("admin.{key_name} {}: {error}", path.display()))
+        })
+    };
+    let (chain, key_pem) = (read("tls_cert", cert)?, read("tls_key", key)?);
+    let tls = tls::server_config(&chain, &key_pem, &[b"http/1.1"]).map_err(|error| {
+        EdgeError::Admin(format!(
+            "admin.tls_cert {} / admin.tls_key {}: {error}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Some(Arc::new(tls)))
+}
+
 async fn bind_admin(
     addr: SocketAddr,
     shared: &Shared,
     api: Arc<Api>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<AdminServer, EdgeError> {
     let handler = Arc::new(EdgeAdmin {
         api,
@@ -279,7 +302,7 @@ async fn bind_admin(
         listeners: shared.listeners.clone(),
     });
     // The server logs its address, and warns when it is not on loopback.
-    AdminServer::bind(addr, handler)
+    AdminServer::bind_tls(addr, handler, tls)
         .await
         .map_err(|source| EdgeError::AdminListen { addr, source })
 }

@@ -84,6 +84,15 @@ impl AdminServer {
         addr: SocketAddr,
         handler: Arc<dyn AdminHandler>,
     ) -> std::io::Result<AdminServer> {
+        AdminServer::bind_tls(addr, handler, None).await
+    }
+
+    /// [`AdminServer::bind`], served over TLS with `tls` when given (HTTP/1.1 inside).
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        handler: Arc<dyn AdminHandler>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         if !local_addr.ip().is_loopback() {
@@ -93,9 +102,14 @@ impl AdminServer {
                  readable by anyone who can reach it"
             );
         }
-        info!(%local_addr, "admin listener bound (/healthz, /ready, /metrics)");
+        info!(
+            %local_addr,
+            tls = tls.is_some(),
+            "admin listener bound (/healthz, /ready, /metrics)"
+        );
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, handler, stop.clone()));
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(accept_loop(listener, handler, tls, stop.clone()));
         Ok(AdminServer { local_addr, stop })
     }
 
@@ -111,9 +125,13 @@ impl Drop for AdminServer {
     }
 }
 
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
     handler: Arc<dyn AdminHandler>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
 ) {
     loop {
@@ -130,6 +148,7 @@ async fn accept_loop(
         };
         let handler = handler.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let handler = handler.clone();
@@ -143,11 +162,33 @@ async fn accept_loop(
                 }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = conn => if let Err(error) = result {
+            let served = async {
+                let result = match tls {
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Ok(Err(error)) => Err(error.into()),
+                            Err(_) => Err("TLS handshake timed out".into()),
+                        }
+                    }
+                };
+                if let Err(error) = result {
                     debug!(%peer, %error, "admin connection ended with an error");
-                },
+                }
+            };
+            tokio::select! {
+                () = served => {}
                 () = stop.cancelled() => {}
             }
         });

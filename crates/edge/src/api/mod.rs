@@ -4,4 +4,5 @@
 
 pub(crate) mod directory;
 pub(crate) mod handlers;
+pub(crate) mod openapi;
 pub(crate) mod schema;

@@ -63,6 +63,11 @@ impl EdgeConfig {
             .validate()
             .map_err(|error| invalid(error.to_string()))?;
         validate_timeouts(&self.timeouts)?;
+        match (&self.admin.tls_cert, &self.admin.tls_key) {
+            (Some(_), None) => return Err(invalid("admin.tls_cert needs admin.tls_key".into())),
+            (None, Some(_)) => return Err(invalid("admin.tls_key needs admin.tls_cert".into())),
+            _ => {}
+        }
         if self.runtime.worker_threads > 1024 {
             return Err(invalid("runtime.worker_threads must be 0 to 1024".into()));
         }

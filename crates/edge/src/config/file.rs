@@ -87,6 +87,13 @@ pub struct AdminConfig {
     /// `None` (the default) runs none.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// PEM certificate chain to serve the admin listener over TLS with (with `tls_key`);
+    /// unset: plain HTTP. Relative to the config file's folder.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Stream placement (`[routing]`).
@@ -427,6 +434,14 @@ impl EdgeConfig {
     pub(crate) fn rebase(&mut self, base: &Path) {
         if self.state_dir.is_relative() {
             self.state_dir = base.join(&self.state_dir);
+        }
+        for path in [&mut self.admin.tls_cert, &mut self.admin.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
         for service in &mut self.services {
             if let Some(ca_file) = &mut service.tls.ca_file {

@@ -53,6 +53,18 @@ pub(super) async fn handle<C: Connection>(
     slot: Slot,
     mut log: RequestLog,
 ) -> Response<FetchBody> {
+    if let Err(details) = check_framing(request.headers()) {
+        debug!(method = %request.method(), uri = %request.uri(), "refused a request's framing");
+        // What follows on the connection cannot be trusted to start a request: close it.
+        let mut response = log.respond_with(
+            StatusCode::BAD_REQUEST,
+            Failure::new(ProxyStatus::HttpRequestError, details),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        return response;
+    }
     let url = match parse_absolute(request.uri()) {
         Ok(url) => url,
         Err(details) => {
@@ -229,10 +241,41 @@ fn request_head(
         scheme,
         authority,
         path: url.path,
-        headers: headers_to_wire(headers, upgrade),
+        // The URL's authority is the Host (RFC 9112 §3.2.2): a Host the client sent is not
+        // passed on.
+        headers: headers_to_wire(headers, upgrade)
+            .into_iter()
+            .filter(|h| !h.name.eq_ignore_ascii_case("host"))
+            .collect(),
         origin,
         body: if upgrade { BodyKind::Upgrade } else { body },
         request_id,
+    }
+}
+
+/// What a request's headers may not be, whatever its target (RFC 9112 §3.2, §6.1): two
+/// `Host` fields, `Transfer-Encoding` listed twice or naming a coding the edge does not decode
+/// and re-frame (it would be re-coded silently), or with `Content-Length` beside it.
+fn check_framing(headers: &http::HeaderMap) -> Result<(), String> {
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Err("the request has more than one Host header".to_owned());
+    }
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(()),
+        [chunked] if chunked == "chunked" => Ok(()),
+        _ if codings.iter().filter(|c| *c == "chunked").count() > 1 => {
+            Err("Transfer-Encoding names chunked more than once".to_owned())
+        }
+        _ => Err(format!(
+            "Transfer-Encoding {:?}: only chunked is accepted",
+            codings.join(", ")
+        )),
     }
 }
 

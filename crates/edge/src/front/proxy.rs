@@ -182,6 +182,17 @@ async fn handle_connect<C: Connection>(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
+    if let Some(details) = connect_form_error(&request) {
+        // A body may follow on the connection: close it rather than read it as a request.
+        let mut response = log.respond_with(
+            StatusCode::BAD_REQUEST,
+            Failure::new(ProxyStatus::HttpRequestError, details),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     let (origin, destination) = match connect_origin(&binding.target, &asked) {
         Ok(pair) => pair,
         Err(refusal) => return refusal.response(&log),
@@ -209,6 +220,25 @@ async fn handle_connect<C: Connection>(
         }
         Err(failure) => log.respond(failure),
     }
+}
+
+/// A `CONNECT` must name `host:port` (authority form, RFC 9110 §9.3.6), not a URL, and
+/// carries no body: what is wrong with this one, if anything.
+fn connect_form_error<B>(request: &Request<B>) -> Option<String> {
+    let uri = request.uri();
+    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Some(format!(
+            "CONNECT takes host:port (authority form), not a URL: {uri}"
+        ));
+    }
+    let headers = request.headers();
+    let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    has_body.then(|| {
+        "a CONNECT request has no body (Content-Length or Transfer-Encoding sent)".to_owned()
+    })
 }
 
 /// Why a `CONNECT` is refused before any connector is asked.
