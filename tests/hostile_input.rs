@@ -195,3 +195,84 @@ async fn connect_takes_an_authority_and_no_body() {
     let n = stream.read(&mut head).await.expect("the answer");
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// A request head larger than one stream header can carry: 431 with `Proxy-Status`
+/// (48 KiB limit); beyond hyper's 64 KiB read buffer hyper answers 431 itself. The origin
+/// sees nothing either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_are_431() {
+    let origin = Recorder::start(ip("127.22.4.1")).await;
+    let stack = stack(&origin).await;
+    let proxy = stack.binding_addr("net");
+    let o = origin.addr;
+    let raw = format!(
+        "GET http://{o}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(50 * 1024)
+    );
+    send(proxy, raw.as_bytes())
+        .await
+        .assert_proxy_error(431, "http_request_error");
+    let raw = format!(
+        "GET http://{o}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let response = send(proxy, raw.as_bytes()).await;
+    assert_eq!(response.status, 431, "{}", response.text());
+    assert_eq!(origin.connections(), 0, "nothing reached the origin");
+    // A head under the limit still goes through.
+    let raw = format!(
+        "GET http://{o}/ HTTP/1.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    assert_eq!(send(proxy, raw.as_bytes()).await.status, 200);
+}
+
+/// A request body that stalls (`body_idle_ms`, here 500 ms) ends the exchange with 408 and
+/// frees the origin connection; before, a body trickling or stopped held both for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_408_and_frees_the_origin() {
+    // An origin that reads and never answers: it sees its connection end when the edge gives
+    // up.
+    let listener = TcpListener::bind(SocketAddr::new(ip("127.22.5.1"), 0))
+        .await
+        .expect("bind the origin");
+    let o = listener.local_addr().expect("address");
+    let (ended_tx, ended) = tokio::sync::oneshot::channel::<usize>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("the connector dials");
+        let mut seen = 0;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen += n;
+        }
+        let _ = ended_tx.send(seen);
+    });
+    let stack = Stack::builder()
+        .route(&format!("{}/32", o.ip()), None)
+        .network_binding("net")
+        .body_idle(Duration::from_millis(500))
+        .start()
+        .await;
+    let proxy = stack.binding_addr("net");
+    let mut client = TcpStream::connect(proxy).await.expect("the binding");
+    client
+        .write_all(
+            format!("POST http://{o}/up HTTP/1.1\r\nContent-Length: 10\r\n\r\n012").as_bytes(),
+        )
+        .await
+        .expect("send");
+    // Then nothing more: the answer comes without the client sending another byte.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(LIMIT, client.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "answered within {LIMIT:?}");
+    let response = parse_response(&answer).expect("an HTTP answer");
+    response.assert_proxy_error(408, "http_request_error");
+    let seen = tokio::time::timeout(LIMIT, ended)
+        .await
+        .expect("the origin connection is closed")
+        .expect("the origin task");
+    assert!(seen > 0, "the origin had the head");
+}

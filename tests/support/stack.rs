@@ -121,6 +121,7 @@ pub struct StackBuilder {
     services: Vec<(String, Service)>,
     tcp_forwards: Vec<(String, SocketAddr)>,
     drain_grace: Option<Duration>,
+    body_idle: Option<Duration>,
 }
 
 /// A running edge and connector; both stop when dropped.
@@ -213,6 +214,12 @@ impl StackBuilder {
         self
     }
 
+    /// The edge's `timeouts.body_idle_ms` (default: the edge's own, 60 s).
+    pub fn body_idle(mut self, idle: Duration) -> Self {
+        self.body_idle = Some(idle);
+        self
+    }
+
     /// The edge's `timeouts.drain_grace_ms` (default: the edge's own, 30 s).
     pub fn drain_grace(mut self, grace: Duration) -> Self {
         self.drain_grace = Some(grace);
@@ -281,6 +288,10 @@ impl StackBuilder {
         let loopback = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0);
         let mut config = EdgeConfig::new(dir.path().join("edge-state"));
         config.listen = loopback;
+        if let Some(idle) = self.body_idle {
+            config.timeouts.body_idle_ms =
+                u64::try_from(idle.as_millis()).expect("a body idle timeout that fits in u64 ms");
+        }
         if let Some(grace) = self.drain_grace {
             config.timeouts.drain_grace_ms =
                 u64::try_from(grace.as_millis()).expect("a drain grace that fits in u64 ms");

@@ -149,6 +149,7 @@ impl Edge {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             connect_timeout: Duration::from_millis(timeouts.connect_ms),
+            body_idle: Duration::from_millis(timeouts.body_idle_ms),
             drain_grace,
             bindings: Mutex::new(HashMap::new()),
             reload: tokio::sync::Mutex::new(()),
@@ -315,6 +316,7 @@ struct Shared {
     metrics: Arc<EdgeMetrics>,
     shutdown: Shutdown,
     connect_timeout: Duration,
+    body_idle: Duration,
     drain_grace: Duration,
     /// The binding listeners running now, by binding name.
     bindings: Mutex<HashMap<String, RunningBinding>>,
@@ -497,6 +499,7 @@ impl Shared {
             tunnels: self.tunnels.clone(),
             directory: self.directory.subscribe(),
             connect_timeout: self.connect_timeout,
+            body_idle: self.body_idle,
             shutdown: part.clone(),
             metrics: self.metrics.clone(),
         });

@@ -149,6 +149,15 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     if dir.is_dir() {
         return Ok(());
     }
+    if dir.exists() {
+        return Err(io_error(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "state_dir exists and is not a directory",
+            ),
+        ));
+    }
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -313,6 +322,16 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn a_state_dir_that_is_a_file_is_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap(); // test scratch space
+        let file = dir.path().join("state");
+        std::fs::write(&file, b"").unwrap(); // writable
+        let error = ensure_dir(&file).unwrap_err().to_string();
+        assert!(error.contains(&file.display().to_string()), "{error}");
+        assert!(error.contains("is not a directory"), "{error}");
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777 // file just written

@@ -132,6 +132,7 @@ fn validate_timeouts(timeouts: &Timeouts) -> Result<(), ConfigError> {
         ("register_ms", timeouts.register_ms),
         ("connect_ms", timeouts.connect_ms),
         ("heartbeat_interval_ms", timeouts.heartbeat_interval_ms),
+        ("body_idle_ms", timeouts.body_idle_ms),
     ];
     for (key, value) in positive {
         if value == 0 {

@@ -152,6 +152,9 @@ pub struct Timeouts {
     pub drain_grace_ms: u64,
     /// How often connectors send heartbeats (default 20 000).
     pub heartbeat_interval_ms: u64,
+    /// A `fetch()` request body that sends no byte for this long ends the exchange: `408`, or
+    /// the stream reset once the response started (default 60 000).
+    pub body_idle_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -161,6 +164,7 @@ impl Default for Timeouts {
             connect_ms: 15_000,
             drain_grace_ms: 30_000,
             heartbeat_interval_ms: 20_000,
+            body_idle_ms: 60_000,
         }
     }
 }

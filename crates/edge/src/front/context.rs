@@ -36,6 +36,8 @@ pub(crate) struct FrontContext<C> {
     pub directory: watch::Receiver<Arc<Directory>>,
     /// How long a connector may take to answer a stream (dial included).
     pub connect_timeout: Duration,
+    /// How long a request body may go without a byte (`timeouts.body_idle_ms`).
+    pub body_idle: Duration,
     /// Stopping and the tasks to wait for.
     pub shutdown: Shutdown,
     /// Request counters and timings (`crate::metrics`).

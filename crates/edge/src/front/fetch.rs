@@ -53,6 +53,23 @@ pub(super) async fn handle<C: Connection>(
     slot: Slot,
     mut log: RequestLog,
 ) -> Response<FetchBody> {
+    let head_len = request_head_len(&request);
+    if head_len > REQUEST_HEAD_LIMIT {
+        let mut response = log.respond_with(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Failure::new(
+                ProxyStatus::HttpRequestError,
+                format!(
+                    "the request head is {head_len} bytes, more than the \
+                     {REQUEST_HEAD_LIMIT}-byte limit"
+                ),
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        return response;
+    }
     if let Err(details) = check_framing(request.headers()) {
         debug!(method = %request.method(), uri = %request.uri(), "refused a request's framing");
         // What follows on the connection cannot be trusted to start a request: close it.
@@ -103,6 +120,7 @@ pub(super) async fn handle<C: Connection>(
         context,
         slot,
         log,
+        body_timed_out: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     exchange.forward(request).await
 }
@@ -253,6 +271,26 @@ fn request_head(
     }
 }
 
+/// The most a `fetch()` request head (target and header fields) may take: what one stream
+/// header frame carries ([`underpass_proto::MAX_FRAME_LEN`], 64 KiB) with room for the rest of
+/// the head. Larger: `431` with `Proxy-Status: …; error=http_request_error`. hyper's read
+/// buffer is bounded at [`MAX_HEAD_BUFFER`] so a client cannot make the edge buffer more.
+pub(super) const REQUEST_HEAD_LIMIT: usize = 48 * 1024;
+
+/// hyper's read buffer for a client connection (`max_buf_size`): a head that does not fit is
+/// answered `431` by hyper itself.
+pub(super) const MAX_HEAD_BUFFER: usize = 64 * 1024;
+
+/// The bytes a request head takes on the wire: the target and every `name: value\r\n`.
+fn request_head_len<B>(request: &Request<B>) -> usize {
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    fields + request.uri().to_string().len() + request.method().as_str().len() + 12
+}
+
 /// What a request's headers may not be, whatever its target (RFC 9112 §3.2, §6.1): two
 /// `Host` fields, `Transfer-Encoding` listed twice or naming a coding the edge does not decode
 /// and re-frame (it would be re-coded silently), or with `Content-Length` beside it.
@@ -300,11 +338,78 @@ struct Exchange<'a, C> {
     /// Kept by an upgrade's pipe: the client connection stays counted while it runs.
     slot: Slot,
     log: RequestLog,
+    /// Set when the request body stalled for `body_idle_ms` ([`IdleBody`]).
+    body_timed_out: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The request body while none of it has been sent: the pump of the current attempt takes it
 /// out with its first frame; a retry takes it back if the pump has not.
-type UnsentBody = Arc<Mutex<Option<Incoming>>>;
+type UnsentBody = Arc<Mutex<Option<IdleBody>>>;
+
+/// A client's request body that fails when no frame comes for `idle` (`body_idle_ms`): a
+/// stalled upload must not hold a stream and an origin connection forever.
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    /// Armed while a frame is awaited.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once the body failed for being idle.
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IdleBody {
+    fn new(inner: Incoming, idle: Duration, timed_out: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        IdleBody {
+            inner,
+            idle,
+            timer: None,
+            timed_out,
+        }
+    }
+}
+
+impl Body for IdleBody {
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(|e| e.to_string())))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        this.timed_out
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        Poll::Ready(Some(Err(format!(
+                            "no request body byte for {} ms (body_idle_ms)",
+                            idle.as_millis()
+                        ))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// How one attempt on one connection ended.
 enum Attempt {
@@ -328,6 +433,8 @@ impl<C: Connection> Exchange<'_, C> {
         let kind = body_kind(&req.body().size_hint(), req.body().is_end_stream());
         let mut on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
+        let body_timed_out = self.body_timed_out.clone();
+        let body = IdleBody::new(body, self.context.body_idle, body_timed_out.clone());
         let mut body = (!upgrade && kind != BodyKind::Empty).then_some(body);
         let limit = self.context.connect_timeout.max(MIN_REPLY_TIMEOUT);
         let mut lost: Option<(u64, Failure)> = None;
@@ -358,6 +465,26 @@ impl<C: Connection> Exchange<'_, C> {
             let attempt = self
                 .attempt(&picked.conn, head, unsent.clone(), &mut on_upgrade, limit)
                 .await;
+            // A stalled body ends the exchange with 408, unless the origin answered first (its
+            // answer stands; the body's stream was reset, so it saw the upload aborted).
+            if body_timed_out.load(std::sync::atomic::Ordering::Acquire) {
+                if !matches!(&attempt, Attempt::Answered(_)) {
+                    let mut response = self.log.respond_with(
+                        StatusCode::REQUEST_TIMEOUT,
+                        Failure::new(
+                            ProxyStatus::HttpRequestError,
+                            format!(
+                                "the request body stalled: no byte for {} ms (body_idle_ms)",
+                                self.context.body_idle.as_millis()
+                            ),
+                        ),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return response;
+                }
+            }
             match attempt {
                 Attempt::Answered(response) => return response,
                 Attempt::Lost(failure) if lost.is_none() => {
@@ -437,10 +564,15 @@ impl<C: Connection> Exchange<'_, C> {
                 debug!(error = %err, "stream closed before the request was finished");
             }
         }
+        let timed_out = self.body_timed_out.clone();
         let deadline = async {
             if let Some(sent) = body_sent {
                 // Sent or failed: either way the wait for the answer starts now.
                 let _ = sent.await;
+            }
+            // A body that stalled: no answer is coming (its stream was reset).
+            if timed_out.load(std::sync::atomic::Ordering::Acquire) {
+                return;
             }
             tokio::time::sleep(limit).await;
         };
@@ -555,7 +687,7 @@ impl Drop for Abandon {
     }
 }
 
-fn lock(unsent: &UnsentBody) -> MutexGuard<'_, Option<Incoming>> {
+fn lock(unsent: &UnsentBody) -> MutexGuard<'_, Option<IdleBody>> {
     // Nothing panics while the lock is held, but a poisoned lock still holds a usable body.
     unsent.lock().unwrap_or_else(|p| p.into_inner())
 }
