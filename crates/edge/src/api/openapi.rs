@@ -529,7 +529,7 @@ pub(crate) fn document() -> OpenApi {
         .info(
             InfoBuilder::new()
                 .title("Underpass edge directory API")
-                .version(underpass_rt::VERSION)
+                .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
                     "Accounts' tunnels, VPC Services, VPC Networks, bindings and API tokens \
                      on the edge's admin listener. See docs/directory-api.md.",
