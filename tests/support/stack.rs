@@ -270,6 +270,9 @@ impl StackBuilder {
         }
         let mut connector = connector.build().expect("a valid connector config");
         connector.protocol = transport();
+        // The edge's HTTP/2 listener takes the QUIC port number on TCP when it is free, else
+        // another port: dial the one it has.
+        connector.edge.http2_port = Some(edge.http2_addr().port());
         let connector =
             underpass_connector::Connector::start(connector).expect("the connector starts");
         connector
