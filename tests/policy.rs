@@ -70,10 +70,11 @@ async fn a_512_kib_ca_bundle_works() {
     }
 }
 
-/// A request head too large for one frame is refused by the edge itself: `500` with
-/// `proxy_internal_error`, not a 503 blaming the destination; nothing reaches the origin.
+/// A request head too large for one frame is refused by the edge itself: `431` with
+/// `http_request_error` (the client's request is at fault), not a 503 blaming the destination;
+/// nothing reaches the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_the_edge_cannot_encode_is_a_proxy_internal_error() {
+async fn a_request_head_too_large_for_a_frame_is_431() {
     let nginx = Nginx::builder(ip("127.20.44.2"))
         .location(Location::json("/users", "[]"))
         .start()
@@ -83,8 +84,8 @@ async fn a_request_the_edge_cannot_encode_is_a_proxy_internal_error() {
         .service_binding("api", Service::http(nginx.http_addr()))
         .start()
         .await;
-    // 80 headers of 1 KiB: within what the edge's HTTP/1.1 server reads (hyper's defaults:
-    // 100 headers, a ~400 KiB buffer), beyond what one 64 KiB stream frame holds.
+    // 80 headers of 1 KiB: within hyper's 100 headers, beyond the edge's 48 KiB head limit
+    // (what one 64 KiB stream frame holds).
     let filler = "x".repeat(1024);
     let headers: String = (0..80)
         .map(|i| format!("X-Filler-{i}: {filler}\r\n"))
@@ -96,7 +97,7 @@ async fn a_request_the_edge_cannot_encode_is_a_proxy_internal_error() {
         ),
     )
     .await;
-    response.assert_proxy_error(500, "proxy_internal_error");
+    response.assert_proxy_error(431, "http_request_error");
     assert!(
         nginx.access_log_lines().is_empty(),
         "the origin got a request: {:?}",

@@ -170,6 +170,10 @@ pub struct DnsSettings {
     /// How long a whole lookup (A and AAAA) may take before the stream fails with
     /// `dns_timeout`.
     pub timeout: Duration,
+    /// `dns.strict_resolved`: every address a name resolves to must also be allowed by an IP
+    /// route (on the stream's port). When false (the default) only special-purpose addresses
+    /// (loopback, link-local, ...) need one; other addresses pass on the name's route alone.
+    pub strict_resolved: bool,
 }
 
 /// Timeouts of the connector's own steps.
@@ -442,6 +446,12 @@ impl ConnectorConfig {
             list.join(", ")
         };
         out.push_str(&format!("resolvers:     {resolvers}\n"));
+        let resolved = if self.dns.strict_resolved {
+            "strict (every address needs an IP route)"
+        } else {
+            "special-purpose ones need an IP route"
+        };
+        out.push_str(&format!("resolved IPs:  {resolved}\n"));
         out.push_str(&format!("max streams:   {}\n", self.max_streams));
         let admin = self
             .admin_listen
@@ -509,6 +519,12 @@ impl ConnectorConfigBuilder {
     /// `dns.timeout_ms`.
     pub fn dns_timeout(mut self, timeout: Duration) -> Self {
         self.file.dns.timeout_ms = Some(millis(timeout));
+        self
+    }
+
+    /// `dns.strict_resolved`.
+    pub fn strict_resolved(mut self, strict: bool) -> Self {
+        self.file.dns.strict_resolved = Some(strict);
         self
     }
 

@@ -1,5 +1,6 @@
 //! Dialing private destinations: the route check before any packet leaves, name resolution,
-//! the deny-list re-check of every resolved address, and Happy Eyeballs (RFC 8305) connects.
+//! the re-check of every resolved address and requested name server (`name_policy`),
+//! and Happy Eyeballs (RFC 8305) connects.
 //!
 //! Every failure is a [`ProxyErrorReply`] carrying the RFC 9209 code the edge reports to the
 //! binding's caller.
@@ -17,7 +18,8 @@ use underpass_routes::{Decision, RouteSpec, RouteTable};
 
 use crate::config::{ConnectorConfig, DnsSettings};
 use crate::metrics::DialMetrics;
-use crate::resolve::{Resolver, SystemDnsError, MAX_RESOLVERS_PER_REQUEST};
+use crate::name_policy::NamePolicy;
+use crate::resolve::{Resolver, SystemDnsError};
 
 /// RFC 8305 "Connection Attempt Delay": the next address is tried this long after the
 /// previous attempt started, unless that attempt failed sooner.
@@ -30,6 +32,8 @@ const MAX_DETAILS: usize = 512;
 pub struct Dialer {
     routes: RouteTable<()>,
     resolver: Resolver,
+    /// What names may reach: resolved addresses and requested name servers.
+    names: NamePolicy,
     connect_timeout: Duration,
     attempt_delay: Duration,
     /// Latency histograms, when the connector keeps metrics.
@@ -44,9 +48,11 @@ impl Dialer {
         dns: &DnsSettings,
         connect_timeout: Duration,
     ) -> Result<Self, SystemDnsError> {
+        let resolver = Resolver::new(&dns.resolvers, dns.timeout)?;
         Ok(Dialer {
             routes,
-            resolver: Resolver::new(&dns.resolvers, dns.timeout)?,
+            names: NamePolicy::new(dns.strict_resolved, resolver.servers()),
+            resolver,
             connect_timeout,
             attempt_delay: ATTEMPT_DELAY,
             metrics: None,
@@ -107,7 +113,8 @@ impl Dialer {
         }
     }
 
-    /// Check a name against the routes, resolve it, and keep only addresses not denied.
+    /// Check a name against the routes and the name servers it would ask, resolve it, and
+    /// keep only the addresses the name may reach.
     async fn resolve_allowed(
         &self,
         name: &str,
@@ -120,54 +127,16 @@ impl Dialer {
                 details: refusal.to_string(),
             });
         }
-        self.check_resolvers(resolvers)?;
         // Resolve the name the route matched: lowercase, no trailing dot, IDN as punycode.
         let normalized = underpass_routes::normalize_hostname(name);
         let name = normalized.as_deref().unwrap_or(name);
+        self.names.check_resolvers(&self.routes, name, resolvers)?;
         let started = Instant::now();
         let resolved = self.resolver.lookup(name, resolvers).await;
         if let Some(metrics) = &self.metrics {
             metrics.dns(started.elapsed(), resolved.is_ok());
         }
-        let resolved = resolved?;
-        let mut allowed = Vec::with_capacity(resolved.len());
-        for ip in resolved {
-            let ip = ip.to_canonical();
-            match self.routes.is_denied(ip) {
-                Some(net) => debug!(name, %ip, %net, "resolved address is denied; skipped"),
-                None => allowed.push(ip),
-            }
-        }
-        if allowed.is_empty() {
-            return Err(ProxyErrorReply {
-                status: ProxyStatus::DestinationIpProhibited,
-                details: format!("{name} resolved only to denied addresses"),
-            });
-        }
-        Ok(allowed)
-    }
-
-    /// Resolvers named by a request are packets sent on the edge's behalf: they obey the deny
-    /// list like any destination.
-    fn check_resolvers(&self, resolvers: &[SocketAddr]) -> Result<(), ProxyErrorReply> {
-        if resolvers.len() > MAX_RESOLVERS_PER_REQUEST {
-            return Err(ProxyErrorReply {
-                status: ProxyStatus::HttpRequestDenied,
-                details: format!(
-                    "{} resolvers named; at most {MAX_RESOLVERS_PER_REQUEST} allowed",
-                    resolvers.len()
-                ),
-            });
-        }
-        for resolver in resolvers {
-            if let Some(net) = self.routes.is_denied(resolver.ip().to_canonical()) {
-                return Err(ProxyErrorReply {
-                    status: ProxyStatus::DestinationIpProhibited,
-                    details: format!("resolver {resolver} is in the deny list ({net})"),
-                });
-            }
-        }
-        Ok(())
+        self.names.admit(&self.routes, name, port, resolved?)
     }
 }
 

@@ -15,7 +15,8 @@
 //! - `outcome`: how a stream ended, logged and counted in one place;
 //! - `metrics`: the Prometheus metrics served on the admin listener's `/metrics`;
 //! - `origin`: the HTTP client towards origins (pool, TLS, upgrades);
-//! - [`dial`]: route check, resolution ([`resolve`]), deny-list re-check, Happy Eyeballs;
+//! - [`dial`]: route check, resolution ([`resolve`]), the re-check of what a name reaches
+//!   (`name_policy`: resolved addresses, requested name servers), Happy Eyeballs;
 //! - [`config`]: the TOML configuration, validated once before anything is dialed;
 //! - [`cli`]: the `underpass` command line.
 //!
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod dial;
 mod metrics;
+mod name_policy;
 mod origin;
 mod outcome;
 mod policy;

@@ -33,6 +33,8 @@ pub struct SystemDnsError(#[source] ResolveError);
 /// Resolves names to addresses, A and AAAA in parallel, within a timeout.
 pub struct Resolver {
     default: TokioAsyncResolver,
+    /// The name servers `default` asks (configured, or from `resolv.conf`), each once.
+    servers: Vec<SocketAddr>,
     per_request: Mutex<HashMap<Vec<SocketAddr>, TokioAsyncResolver>>,
     timeout: Duration,
 }
@@ -40,19 +42,32 @@ pub struct Resolver {
 impl Resolver {
     /// A resolver asking `servers` (UDP, then TCP), or the system's name servers when empty.
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Self, SystemDnsError> {
-        let default = if servers.is_empty() {
+        let (default, servers) = if servers.is_empty() {
             let (config, mut opts) =
                 hickory_resolver::system_conf::read_system_conf().map_err(SystemDnsError)?;
             tune(&mut opts, timeout);
-            TokioAsyncResolver::tokio(config, opts)
+            let mut system = Vec::new();
+            for server in config.name_servers() {
+                if !system.contains(&server.socket_addr) {
+                    system.push(server.socket_addr);
+                }
+            }
+            (TokioAsyncResolver::tokio(config, opts), system)
         } else {
-            explicit(servers, timeout)
+            (explicit(servers, timeout), servers.to_vec())
         };
         Ok(Resolver {
             default,
+            servers,
             per_request: Mutex::new(HashMap::new()),
             timeout,
         })
+    }
+
+    /// The name servers this resolver asks when a request names none: `[dns] resolvers`, or
+    /// those of `resolv.conf`.
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
     }
 
     /// Every address of `name` (IPv6 and IPv4), using `servers` if the request named some.

@@ -62,6 +62,7 @@ destination = "*.corp.test"
 [dns]
 resolvers = ["127.0.0.53:5353", "127.0.0.54", "[::1]:53"]
 timeout_ms = 1500
+strict_resolved = true
 
 [limits]
 max_streams = 50
@@ -121,6 +122,8 @@ listen = "127.0.0.1:20241"
         .collect();
     assert_eq!(config.dns.resolvers, resolvers);
     assert_eq!(config.dns.timeout, Duration::from_millis(1500));
+    assert!(config.dns.strict_resolved);
+    assert!(config.summary().contains("resolved IPs:  strict"));
     assert_eq!(config.max_streams, 50);
     assert_eq!(config.timeouts.connect, Duration::from_millis(750));
     assert_eq!(config.timeouts.header, Duration::from_secs(2));
@@ -161,6 +164,10 @@ fn defaults_apply() {
         "the default deny list is not empty"
     );
     assert!(config.dns.resolvers.is_empty());
+    assert!(
+        !config.dns.strict_resolved,
+        "names are trusted for ordinary addresses"
+    );
     assert_eq!(config.max_streams, DEFAULT_MAX_STREAMS);
     assert_eq!(
         config.timeouts.connect,
@@ -209,6 +216,10 @@ fn wrong_types_name_the_key() {
         "max_streams",
     );
     error_naming(parse(&with_token("connections = 300")), "connections");
+    error_naming(
+        parse(&with_token("[dns]\nstrict_resolved = \"yes\"")),
+        "strict_resolved",
+    );
 }
 
 #[test]
@@ -508,6 +519,7 @@ fn builder_validates_like_the_file() {
         .connect_timeout(Duration::from_millis(300))
         .header_timeout(Duration::from_millis(400))
         .dns_timeout(Duration::from_millis(500))
+        .strict_resolved(true)
         .drain_timeout(Duration::from_millis(600))
         .response_header_timeout(Duration::from_millis(700))
         .origin_idle_timeout(Duration::from_millis(800))
@@ -521,6 +533,7 @@ fn builder_validates_like_the_file() {
     assert_eq!(config.max_streams, 3);
     assert_eq!(config.deny.len(), 1);
     assert_eq!(config.dns.timeout, Duration::from_millis(500));
+    assert!(config.dns.strict_resolved);
     assert_eq!(config.timeouts.drain, Duration::from_millis(600));
     assert_eq!(config.timeouts.response_header, Duration::from_millis(700));
     assert_eq!(config.timeouts.origin_idle, Duration::from_millis(800));

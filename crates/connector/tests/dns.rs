@@ -1,6 +1,7 @@
 //! Name resolution against a real DNS server (dnsmasq on a loopback address): resolved names
-//! are dialed, NXDOMAIN and timeouts map to their codes, and every resolved address passes the
-//! deny list again.
+//! are dialed, NXDOMAIN and timeouts map to their codes, every resolved address passes the
+//! deny list again, and a name reaches a loopback address or asks a name server only where an
+//! IP route (or the connector's own resolver list) allows it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -108,10 +109,19 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
-/// Every `.test` name is routed; 127.30.66.0/24 is denied.
+/// Every `.test` name is routed, and so (by IP, as loopback reached through a name must be) are
+/// 127.30.0.0/16 and `::1`; 127.30.66.0/24 is denied.
 fn dialer(resolvers: &[SocketAddr], dns_timeout: Duration) -> Dialer {
-    let config = ConnectorConfig::builder(token())
-        .route("*.test")
+    dialer_routing(&["127.30.0.0/16", "::1"], resolvers, dns_timeout)
+}
+
+/// [`dialer`] with these IP routes instead.
+fn dialer_routing(ip_routes: &[&str], resolvers: &[SocketAddr], dns_timeout: Duration) -> Dialer {
+    let mut config = ConnectorConfig::builder(token()).route("*.test");
+    for route in ip_routes {
+        config = config.route(route);
+    }
+    let config = config
         .deny(&["127.30.66.0/24"])
         .resolvers(resolvers)
         .dns_timeout(dns_timeout)
@@ -160,7 +170,10 @@ async fn names_resolve_and_are_rechecked_against_the_deny_list() {
 
     let (status, details) = dial(&dialer, name("denied.test")).await.unwrap_err();
     assert_eq!(status, ProxyStatus::DestinationIpProhibited, "{details}");
-    assert!(details.contains("denied addresses"), "{details}");
+    assert!(
+        details.contains("127.30.66.1 is denied by 127.30.66.0/24"),
+        "{details}"
+    );
 
     let stream = dial(&dialer, name("mixed.test")).await.unwrap();
     assert_eq!(
@@ -184,16 +197,82 @@ async fn request_resolvers_are_used_and_checked() {
     let origin = TcpListener::bind((v4(127, 30, 1, 7), 0)).await.unwrap();
     let port = origin.local_addr().unwrap().port();
     let dns = Dnsmasq::start(v4(127, 53, 0, 2), &[("svc.test", v4(127, 30, 1, 7))]).await;
-    // The connector's own resolver (discard port) never answers; the request's does.
-    let dialer = dialer(&["127.0.0.1:9".parse().unwrap()], Duration::from_secs(5));
+    let discard: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut target = DialTarget::new(Host::Name("svc.test".into()), port);
     target.resolvers = vec![dns.addr];
-    let stream = dial(&dialer, target.clone()).await.unwrap();
+
+    // No IP route covers the request's name server, and it is not the connector's own:
+    // refused before the lookup.
+    let unrouted = dialer(&[discard], Duration::from_secs(5));
+    let (status, details) = dial(&unrouted, target.clone()).await.unwrap_err();
+    assert_eq!(status, ProxyStatus::DestinationIpProhibited, "{details}");
+    assert!(
+        details.contains(&format!("resolver {} ", dns.addr)),
+        "{details}"
+    );
+
+    // Routed by IP: the connector's own resolver (discard port) never answers; the request's
+    // does.
+    let routed = dialer_routing(
+        &["127.30.0.0/16", "127.53.0.0/16"],
+        &[discard],
+        Duration::from_secs(5),
+    );
+    let stream = dial(&routed, target.clone()).await.unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), origin.local_addr().unwrap());
+
+    // One of the connector's own name servers: allowed without a route.
+    let own = dialer(&[discard, dns.addr], Duration::from_secs(5));
+    let stream = dial(&own, target.clone()).await.unwrap();
     assert_eq!(stream.peer_addr().unwrap(), origin.local_addr().unwrap());
 
     target.resolvers = vec!["127.30.66.53:53".parse().unwrap()];
-    let (status, details) = dial(&dialer, target).await.unwrap_err();
+    let (status, details) = dial(&routed, target).await.unwrap_err();
     assert_eq!(status, ProxyStatus::DestinationIpProhibited, "{details}");
+    assert!(details.contains("deny list"), "{details}");
+}
+
+#[tokio::test]
+async fn a_name_reaches_loopback_only_where_an_ip_route_does() {
+    let origin = std::net::TcpListener::bind((v4(127, 31, 0, 7), 0)).unwrap();
+    origin.set_nonblocking(true).unwrap();
+    let port = origin.local_addr().unwrap().port();
+    let dns = Dnsmasq::start(
+        v4(127, 53, 0, 4),
+        &[
+            ("lo.test", v4(127, 31, 0, 7)),
+            ("mapped.test", "::ffff:127.31.0.7".parse().unwrap()),
+        ],
+    )
+    .await;
+    let name = |n: &str| DialTarget::new(Host::Name(n.into()), port);
+
+    // 127.31.0.0/16 is routed by no IP route: the name is refused, and nothing connected.
+    let unrouted = dialer(&[dns.addr], Duration::from_secs(5));
+    for host in ["lo.test", "mapped.test"] {
+        let (status, details) = dial(&unrouted, name(host)).await.unwrap_err();
+        assert_eq!(status, ProxyStatus::DestinationIpProhibited, "{details}");
+        assert!(
+            details.contains(&format!(
+                "{host} resolved only to refused addresses: 127.31.0.7 is loopback and not \
+                 inside any IP route"
+            )),
+            "{details}"
+        );
+    }
+    let nothing = origin.accept().map(|(_, peer)| peer);
+    assert_eq!(
+        nothing.map_err(|e| e.kind()).unwrap_err(),
+        std::io::ErrorKind::WouldBlock,
+        "the refused name was dialed"
+    );
+
+    // Routed by IP as well: dialed.
+    let routed = dialer_routing(&["127.31.0.0/24"], &[dns.addr], Duration::from_secs(5));
+    for host in ["lo.test", "mapped.test"] {
+        let stream = dial(&routed, name(host)).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), origin.local_addr().unwrap());
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,10 @@
 //! saying why and which RFC 9209 [`ProxyStatus`] to report (`destination_ip_prohibited` for
 //! denied or unrouted IPs, `destination_not_found` for unrouted names).
 //!
+//! [`special_range`] says which addresses are special-purpose (loopback, link-local,
+//! unspecified, multicast, broadcast, and their IPv4-mapped and IPv4-compatible forms), for
+//! callers that must not let a name reach them unless an IP route does.
+//!
 //! IP literals are parsed strictly ([`parse_ip_strict`]): ambiguous forms such as
 //! `0177.0.0.1`, `2130706433` or `127.1` are rejected rather than reinterpreted, and
 //! IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is treated as the IPv4 address everywhere.
@@ -47,6 +51,7 @@ mod host;
 mod ip;
 mod ports;
 mod spec;
+mod special;
 mod table;
 
 pub use decision::{Decision, Destination, MatchedRoute, Refusal, RefusalReason, RouteMatch};
@@ -55,6 +60,7 @@ pub use host::{normalize_hostname, HostPattern, MAX_LABEL_LEN, MAX_NAME_LEN};
 pub use ip::{canonical_ip, canonical_net, parse_ip_strict};
 pub use ports::PortSet;
 pub use spec::{parse_route, RouteSpec};
+pub use special::{special_range, SpecialRange};
 pub use table::RouteTable;
 pub use underpass_proto::ProxyStatus;
 

@@ -37,7 +37,9 @@ struct Allow<T> {
 ///    443 means port 22 is refused on `10.0.5.0/24`).
 ///
 /// Names are not checked against the deny list (they have no address yet): callers resolve
-/// an allowed name and check each address with [`RouteTable::is_denied`].
+/// an allowed name and check each address with [`RouteTable::is_denied`], and with
+/// [`RouteTable::lookup_ip`] when it is special-purpose ([`crate::special_range`]): a name must
+/// not reach the local host or link unless an IP route does.
 ///
 /// Lookups take `&self` and are lock-free after the first lookup following a change, which
 /// builds the CIDR index (or call [`RouteTable::build_index`] to build it up front).

@@ -66,6 +66,7 @@ pub(super) struct DnsSection {
     #[serde(default)]
     pub(super) resolvers: Vec<String>,
     pub(super) timeout_ms: Option<u64>,
+    pub(super) strict_resolved: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -99,6 +99,7 @@ pub(super) fn validate_with_token(
             file.dns.timeout_ms,
             DEFAULT_DNS_TIMEOUT_MS,
         )?,
+        strict_resolved: file.dns.strict_resolved.unwrap_or(false),
     };
 
     let max_streams = file.limits.max_streams.unwrap_or(DEFAULT_MAX_STREAMS);

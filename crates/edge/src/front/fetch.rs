@@ -467,23 +467,23 @@ impl<C: Connection> Exchange<'_, C> {
                 .await;
             // A stalled body ends the exchange with 408, unless the origin answered first (its
             // answer stands; the body's stream was reset, so it saw the upload aborted).
-            if body_timed_out.load(std::sync::atomic::Ordering::Acquire) {
-                if !matches!(&attempt, Attempt::Answered(_)) {
-                    let mut response = self.log.respond_with(
-                        StatusCode::REQUEST_TIMEOUT,
-                        Failure::new(
-                            ProxyStatus::HttpRequestError,
-                            format!(
-                                "the request body stalled: no byte for {} ms (body_idle_ms)",
-                                self.context.body_idle.as_millis()
-                            ),
+            if body_timed_out.load(std::sync::atomic::Ordering::Acquire)
+                && !matches!(&attempt, Attempt::Answered(_))
+            {
+                let mut response = self.log.respond_with(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Failure::new(
+                        ProxyStatus::HttpRequestError,
+                        format!(
+                            "the request body stalled: no byte for {} ms (body_idle_ms)",
+                            self.context.body_idle.as_millis()
                         ),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return response;
-                }
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
             }
             match attempt {
                 Attempt::Answered(response) => return response,
