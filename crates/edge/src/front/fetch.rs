@@ -277,8 +277,9 @@ fn request_head(
 /// buffer is bounded at [`MAX_HEAD_BUFFER`] so a client cannot make the edge buffer more.
 pub(super) const REQUEST_HEAD_LIMIT: usize = 48 * 1024;
 
-/// hyper's read buffer for a client connection (`max_buf_size`): a head that does not fit is
-/// answered `431` by hyper itself.
+/// hyper's read buffer for a client connection (`max_buf_size`) and its head limit
+/// (`max_header_size`): a head larger than this is answered `431` by hyper itself, whatever
+/// the reads it arrived in.
 pub(super) const MAX_HEAD_BUFFER: usize = 64 * 1024;
 
 /// The bytes a request head takes on the wire: the target and every `name: value\r\n`.

@@ -81,6 +81,7 @@ async fn serve_client<C: Connection>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(fetch::MAX_HEAD_BUFFER)
+        .max_header_size(fetch::MAX_HEAD_BUFFER)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
