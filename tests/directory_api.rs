@@ -454,7 +454,7 @@ async fn service_bodies_are_validated_naming_the_field() {
         ),
         (
             json!({"name": "a", "type": "http",
-            "host": {"hostname": "10.0.0.1", "resolver_network": {"tunnel_id": tunnel}}}),
+            "host": {"hostname": "127.21.2.9", "resolver_network": {"tunnel_id": tunnel}}}),
             "host.hostname",
         ),
         (

@@ -193,15 +193,15 @@ async fn services_and_networks_round_trip() {
             "--tunnel-id",
             &tunnel_id,
             "--ipv4",
-            "10.0.1.50",
+            "127.21.20.50",
             "--ipv6",
-            "fd00::50",
+            "::1",
             "--http-port",
             "8080",
         ])
         .await;
     let web_id = field(&web, "service_id");
-    assert_eq!(web["host"]["ipv6"], "fd00::50", "{web}");
+    assert_eq!(web["host"]["ipv6"], "::1", "{web}");
     assert_eq!(
         (&web["http_port"], &web["https_port"]),
         (&json!(8080), &json!(443))
@@ -219,14 +219,17 @@ async fn services_and_networks_round_trip() {
             "--hostname",
             "DB.corp",
             "--resolver-ips",
-            "10.0.0.2,10.0.0.3",
+            "127.21.20.2,127.21.20.3",
             "--tcp-port",
             "5432",
             "--app-protocol",
             "postgresql",
         ])
         .await;
-    assert!(table.contains("db.corp (dns 10.0.0.2,10.0.0.3)"), "{table}");
+    assert!(
+        table.contains("db.corp (dns 127.21.20.2,127.21.20.3)"),
+        "{table}"
+    );
     assert!(table.contains("tcp 5432 (postgresql)"), "{table}");
 
     let list = vpc.ok(&["service", "list"]).await;
@@ -253,12 +256,12 @@ async fn services_and_networks_round_trip() {
     assert_eq!(db["host"]["hostname"], "db.corp", "{db}");
     assert_eq!(
         db["host"]["resolver_network"]["resolver_ips"],
-        json!(["10.0.0.2", "10.0.0.3"])
+        json!(["127.21.20.2", "127.21.20.3"])
     );
 
     let shown = vpc.ok(&["service", "get", &web_id]).await;
     assert!(
-        shown.contains("10.0.1.50,fd00::50") && shown.contains("http 8080"),
+        shown.contains("127.21.20.50,::1") && shown.contains("http 8080"),
         "{shown}"
     );
     // A full replace: the port changes and the IPv6 address, left out, is gone.
@@ -272,7 +275,7 @@ async fn services_and_networks_round_trip() {
         "--tunnel-id",
         &tunnel_id,
         "--ipv4",
-        "10.0.1.50",
+        "127.21.20.50",
         "--http-port",
         "8081",
     ])
@@ -369,7 +372,7 @@ async fn roles_are_reported_with_their_exit_status() {
                 "--tunnel-id",
                 &tunnel_id,
                 "--ipv4",
-                "10.0.0.1",
+                "127.21.20.1",
             ],
             1,
         )
@@ -472,7 +475,7 @@ async fn invalid_input_exits_64() {
                 "--hostname",
                 "db.corp",
                 "--ipv4",
-                "10.0.0.1",
+                "127.21.20.1",
             ],
             64,
         )
