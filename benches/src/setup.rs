@@ -17,6 +17,9 @@ use crate::procs::{
 
 /// How long anything may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Each binding's `max_connections`: above the idle-stream and concurrent-connection workloads
+/// (10,000 and 2,000), so the edge's default of 1,024 does not cap what is measured.
+const MAX_CONNECTIONS: usize = 30_000;
 
 /// Log filter of the tunnel processes: warnings only, so logging costs no CPU, unless
 /// `UNDERPASS_BENCH_RUST_LOG` asks for more (for debugging the harness).
@@ -194,7 +197,7 @@ impl UnderpassSetup {
         let mut edge = format!(
             "state_dir = \"state\"\nlisten = \"127.0.0.1:{quic}\"\n\n\
              [[network]]\nname = \"loopback\"\ntunnel = \"bench\"\n\n\
-             [[binding]]\nname = \"PROXY\"\nlisten = \"127.0.0.1:{}\"\nnetwork = \"loopback\"\n",
+             [[binding]]\nname = \"PROXY\"\nlisten = \"127.0.0.1:{}\"\nnetwork = \"loopback\"\nmax_connections = {MAX_CONNECTIONS}\n",
             ports.proxy
         );
         for (name, origin, binding) in [
@@ -206,7 +209,7 @@ impl UnderpassSetup {
                 "\n[[service]]\nname = \"{name}\"\ntype = \"tcp\"\ntunnel = \"bench\"\n\
                  host = {{ ipv4 = \"127.0.0.1\" }}\ntcp_port = {origin}\n\n\
                  [[binding]]\nname = \"{name}_tcp\"\nlisten = \"127.0.0.1:{binding}\"\n\
-                 service = \"{name}\"\nmode = \"tcp\"\n"
+                 service = \"{name}\"\nmode = \"tcp\"\nmax_connections = {MAX_CONNECTIONS}\n"
             ));
         }
         let edge_conf = dir.join("edge.toml");
