@@ -19,13 +19,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use underpass_connector::{Connector, ConnectorConfig, ConnectorHandle};
+use underpass_connector::{ConnectionState, Connector, ConnectorConfig, ConnectorHandle};
 use underpass_e2e::admin;
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
 use underpass_e2e::edge_process::edge_binary;
 use underpass_e2e::http1::{self, Response};
 use underpass_e2e::{Behaviour, EchoServer, TrickleOrigin};
-use underpass_proto::TunnelToken;
+use underpass_e2e::edge_process::TUNNEL;
+use underpass_proto::{RefuseReason, TunnelToken};
 
 /// Guards a hang only.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -135,6 +136,11 @@ fn id_of(result: &Value, key: &str) -> String {
 /// An in-process connector on the API tunnel whose token is `token`, routing `route`.
 async fn connector(token: &str, route: &str) -> ConnectorHandle {
     let token = TunnelToken::decode(token).expect("the API returned a connector token");
+    connector_of(token, route).await
+}
+
+/// An in-process connector of `token`, routing `route`, once registered.
+async fn connector_of(token: TunnelToken, route: &str) -> ConnectorHandle {
     let config = ConnectorConfig::builder(token)
         .route(route)
         .connections(1)
@@ -642,6 +648,168 @@ async fn live_bindings_and_a_restart() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .expect("the database file");
     assert_eq!(mode, 0o600);
+}
+
+/// Deleting a tunnel through the API disconnects its connector: its connection closes, and
+/// every later registration is refused as an unknown tunnel. A tunnel a network still uses is
+/// refused with 409 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_tunnel_disconnects_its_connectors() {
+    let echo = EchoServer::start_with(ip("127.21.8.1"), Behaviour::Echo);
+    let home = EdgeHome::create_with_admin("");
+    let token = host_token(&home, "acme", "admin").await;
+    let edge = home.start().await;
+    let admin = Client::new(&edge, "acme", &token);
+    let tunnel = admin
+        .ok("POST", TUNNELS, Some(json!({"name": "doomed"})))
+        .await;
+    let tunnel_id = id_of(&tunnel, "id");
+    let connector = connector(tunnel["token"].as_str().expect("a token"), "127.21.8.0/24").await;
+    let network = admin
+        .ok(
+            "POST",
+            NETWORKS,
+            Some(json!({"name": "doomed-net", "tunnel_id": tunnel_id})),
+        )
+        .await;
+    let binding = admin
+        .ok(
+            "POST",
+            BINDINGS,
+            Some(json!({"name": "DOOMED", "network_id": id_of(&network, "network_id")})),
+        )
+        .await;
+    let proxy = addr_of(&binding);
+    let answer = http1::connect(proxy, &echo.addr().to_string(), LIMIT).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+
+    // A tunnel a network still uses is not deleted (409), and its connector stays.
+    let message = admin
+        .refused("DELETE", &format!("{TUNNELS}/{tunnel_id}"), None, 409)
+        .await;
+    assert!(message.contains("still used by"), "{message}");
+    let answer = http1::connect(proxy, &echo.addr().to_string(), LIMIT).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    admin
+        .ok(
+            "DELETE",
+            &format!("{BINDINGS}/{}", id_of(&binding, "binding_id")),
+            None,
+        )
+        .await;
+    admin
+        .ok(
+            "DELETE",
+            &format!("{NETWORKS}/{}", id_of(&network, "network_id")),
+            None,
+        )
+        .await;
+    assert!(
+        connector
+            .states()
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Registered { .. })),
+        "{:?}",
+        connector.states()
+    );
+    admin
+        .ok("DELETE", &format!("{TUNNELS}/{tunnel_id}"), None)
+        .await;
+    let states = connector
+        .wait_for(LIMIT, |states| {
+            states.iter().all(|s| {
+                matches!(
+                    s,
+                    ConnectionState::Refused {
+                        reason: RefuseReason::UnknownTunnel,
+                        ..
+                    }
+                )
+            })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the connector is disconnected and refused: {e:?} {:?}",
+                connector.states()
+            )
+        });
+    assert!(!states.is_empty());
+    // The edge lists no connector for it; its status is gone with it.
+    let status_path = format!("/v1/tunnels/{}", tunnel_id.replace('-', ""));
+    let (status, info) = admin::get_json(admin.addr, &status_path)
+        .await
+        .expect("the tunnel status");
+    assert_eq!(status, 404, "{info}");
+    let (status, _) = admin
+        .call("GET", &format!("{TUNNELS}/{tunnel_id}"), None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+/// The config file's network and binding (on the `tunnels.json` tunnel) and the API's (on an
+/// API tunnel) are served side by side by one edge: each binding reaches its own connector's
+/// subnet, the API does not list the file's objects, and the file's binding keeps its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_and_api_objects_are_served_side_by_side() {
+    let file_echo = EchoServer::start_with(ip("127.21.9.1"), Behaviour::Echo);
+    let api_echo = EchoServer::start_with(ip("127.21.10.1"), Behaviour::Echo);
+    let home = EdgeHome::create_with_admin(&format!(
+        "[[network]]\nname = \"files\"\ntunnel = \"{TUNNEL}\"\n\n\
+         [[binding]]\nname = \"FILE\"\nlisten = \"127.0.0.1:0\"\nnetwork = \"files\"\n"
+    ));
+    let token = host_token(&home, "acme", "admin").await;
+    let edge = home.start().await;
+    let admin = Client::new(&edge, "acme", &token);
+    let _file_connector = connector_of(home.token(), "127.21.9.0/24").await;
+    let tunnel = admin
+        .ok("POST", TUNNELS, Some(json!({"name": "api"})))
+        .await;
+    let _api_connector =
+        connector(tunnel["token"].as_str().expect("a token"), "127.21.10.0/24").await;
+    let network = admin
+        .ok(
+            "POST",
+            NETWORKS,
+            Some(json!({"name": "files", "tunnel_id": id_of(&tunnel, "id")})),
+        )
+        .await;
+    let binding = admin
+        .ok(
+            "POST",
+            BINDINGS,
+            Some(json!({"name": "FILE", "network_id": id_of(&network, "network_id")})),
+        )
+        .await;
+    let file_proxy = edge.binding_addr("FILE");
+    let api_proxy = addr_of(&binding);
+    assert_ne!(file_proxy, api_proxy);
+    for (proxy, reached, other) in [
+        (file_proxy, &file_echo, &api_echo),
+        (api_proxy, &api_echo, &file_echo),
+    ] {
+        let answer = http1::connect(proxy, &reached.addr().to_string(), LIMIT).await;
+        assert_eq!(answer.status, 200, "{proxy} -> {}: {}", reached.addr(), answer.head);
+        // The other subnet is the other tunnel's: this binding's connector does not route it.
+        let answer = http1::connect(proxy, &other.addr().to_string(), LIMIT).await;
+        assert_eq!(answer.status, 502, "{proxy} -> {}: {}", other.addr(), answer.head);
+    }
+    // Only the API's objects are listed, under the names they were given.
+    let networks = admin.ok("GET", NETWORKS, None).await;
+    assert_eq!(networks.as_array().map(Vec::len), Some(1), "{networks}");
+    let tunnels = admin.ok("GET", TUNNELS, None).await;
+    let names: Vec<&str> = tunnels
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["api"], "{tunnels}");
+    // The file's tunnel keeps its own status beside the API's.
+    let (status, info) = admin::get_json(admin.addr, &format!("/v1/tunnels/{TUNNEL}"))
+        .await
+        .expect("the file tunnel's status");
+    assert_eq!(status, 200, "{info}");
 }
 
 /// A network without a tunnel id spans the account's tunnels: each destination goes to the
