@@ -45,6 +45,10 @@ async fn cli(home: &EdgeHome, args: &[&str]) -> Output {
             .arg(config)
             .args(args)
             .env_remove("RUST_LOG")
+            .env_remove("UNDERPASS_API")
+            .env_remove("UNDERPASS_API_CA")
+            .env_remove("UNDERPASS_API_TOKEN")
+            .env_remove("UNDERPASS_ACCOUNT")
             .output()
             .expect("run underpass-edge")
     })
@@ -1029,4 +1033,71 @@ async fn the_admin_listener_serves_tls_with_a_given_certificate() {
     // Plain HTTP is not answered as HTTP.
     let plain = admin::get(addr, "/healthz").await;
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status != 200));
+
+    // `vpc` reaches it with https:// and the CA that issued its certificate; without that
+    // CA (the system's roots do not know it) the certificate is refused, and so is plain
+    // http:// to a TLS listener.
+    let ca = pki.write_ca(home.dir(), "admin-ca");
+    let ca = ca.display().to_string();
+    let url = format!("https://localhost:{}", addr.port());
+    let vpc = |extra: &[&str]| {
+        let mut args = vec!["vpc", "service", "list", "--account", "acme"];
+        args.extend_from_slice(extra);
+        args.iter().map(|a| (*a).to_owned()).collect::<Vec<String>>()
+    };
+    let token_flag = ["--api-token", token.as_str()];
+    let mut args = vpc(&["--api", &url, "--api-ca", &ca]);
+    args.extend(token_flag.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = cli(&home, &args).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("NAME"),
+        "a table: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let mut args = vpc(&["--api", &url]);
+    args.extend(token_flag.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = cli(&home, &args).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no answer from the directory API") && stderr.contains("TLS"),
+        "{stderr}"
+    );
+    let plain_url = format!("http://127.0.0.1:{}", addr.port());
+    let mut args = vpc(&["--api", &plain_url, "--api-ca", &ca]);
+    args.extend(token_flag.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = cli(&home, &args).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--api-ca") && stderr.contains("https://"), "{stderr}");
+
+    // `tunnel info` on the edge's host trusts the listener by its certificate file.
+    let output = cli(&home, &["tunnel", "info", TUNNEL]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(TUNNEL),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    // Another certificate in that file (a server this command cannot trust) is refused.
+    let (other, _) = pki.issue_to_files(&["localhost"], home.dir(), "other");
+    let text = std::fs::read_to_string(config).expect("edge.toml");
+    std::fs::write(
+        config,
+        text.replace(&cert.display().to_string(), &other.display().to_string()),
+    )
+    .expect("rewrite edge.toml");
+    let output = cli(&home, &["tunnel", "info", TUNNEL]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot ask the edge's admin listener"), "{stderr}");
 }

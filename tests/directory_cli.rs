@@ -38,6 +38,7 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         for name in [
             "RUST_LOG",
             "UNDERPASS_API",
+            "UNDERPASS_API_CA",
             "UNDERPASS_API_TOKEN",
             "UNDERPASS_ACCOUNT",
             "UNDERPASS_EDGE_CONFIG",
@@ -482,7 +483,7 @@ async fn invalid_input_exits_64() {
         .await;
     assert!(refused.contains("--hostname"), "{refused}");
     let output = run(
-        &["vpc", "--api", "https://127.0.0.1:1", "service", "list"],
+        &["vpc", "--api", "ftp://127.0.0.1:1", "service", "list"],
         &[
             ("UNDERPASS_API_TOKEN", &admin_token),
             ("UNDERPASS_ACCOUNT", "acme"),
@@ -491,7 +492,30 @@ async fn invalid_input_exits_64() {
     .await;
     assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("plain HTTP"),
+        stderr(&output).contains("ftp:// is not supported"),
+        "{}",
+        stderr(&output)
+    );
+    // A CA bundle for a plain-HTTP API is a mistake, named.
+    let output = run(
+        &[
+            "vpc",
+            "--api",
+            "http://127.0.0.1:1",
+            "--api-ca",
+            "/nonexistent/ca.pem",
+            "service",
+            "list",
+        ],
+        &[
+            ("UNDERPASS_API_TOKEN", &admin_token),
+            ("UNDERPASS_ACCOUNT", "acme"),
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--api-ca /nonexistent/ca.pem needs an https:// --api"),
         "{}",
         stderr(&output)
     );

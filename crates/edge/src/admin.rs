@@ -7,19 +7,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::Method;
+use bytes::Bytes;
+use http::header::{ACCEPT, HOST};
+use http::{Method, Request};
+use http_body_util::Full;
+use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use underpass_rt::admin::{AdminHandler, ApiFuture, ApiRequest};
 use underpass_rt::Shutdown;
 use underpass_transport::AnyConnection;
 
 use crate::api::handlers::{Api, ACCOUNTS_PREFIX};
+use crate::api_client::{self, Target};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::metrics::EdgeMetrics;
@@ -30,10 +34,10 @@ use crate::tunnels::TunnelStore;
 const OPENAPI_PATH: &str = "/openapi.json";
 /// The path prefix of the tunnel status endpoint.
 const TUNNELS_PATH: &str = "/v1/tunnels/";
-/// How long `tunnel info` waits for the edge's admin listener (connect, then each read).
+/// How long `tunnel info` waits for the edge's admin listener's answer, connecting included.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most `tunnel info` reads of an answer.
-const MAX_ANSWER: u64 = 16 << 20;
+const MAX_ANSWER: usize = 16 << 20;
 
 /// What the admin endpoints read.
 pub(crate) struct EdgeAdmin {
@@ -261,26 +265,45 @@ pub(crate) fn fetch_tunnel_info(
          running with this config?"
         ))
     };
-    let mut stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)
-        .map_err(|error| unreachable(error.to_string()))?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
-        .map_err(|error| unreachable(error.to_string()))?;
-    let request = format!(
-        "GET {TUNNELS_PATH}{tunnel} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|error| unreachable(error.to_string()))?;
-    let mut answer = Vec::new();
-    stream
-        .take(MAX_ANSWER)
-        .read_to_end(&mut answer)
-        .map_err(|error| unreachable(error.to_string()))?;
-    let (status, body) =
-        parse_answer(&answer).ok_or_else(|| unreachable("not an HTTP answer".into()))?;
+    // With `tls_cert`, the listener is trusted by its certificate file, byte for byte: this
+    // command runs on the edge's host and reads the same config.
+    let tls = match &config.admin.tls_cert {
+        None => None,
+        Some(path) => {
+            let bad = |detail: String| {
+                EdgeError::Admin(format!("admin.tls_cert {}: {detail}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|error| bad(error.to_string()))?;
+            let client = underpass_transport::tls::exact_leaf_client_config(&pem, &[b"http/1.1"])
+                .map_err(|error| bad(error.to_string()))?;
+            Some((Arc::new(client), ServerName::IpAddress(addr.ip().into())))
+        }
+    };
+    let target = Target {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        tls,
+    };
+    let request = Request::get(format!("{TUNNELS_PATH}{tunnel}"))
+        .header(HOST, addr.to_string())
+        .header(ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|error| EdgeError::Admin(format!("cannot make the request: {error}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| unreachable(format!("no async runtime: {error}")))?;
+    let (status, body) = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                CLIENT_TIMEOUT,
+                api_client::exchange(&target, request, MAX_ANSWER),
+            )
+            .await
+        })
+        .map_err(|_| unreachable(format!("no answer within {} s", CLIENT_TIMEOUT.as_secs())))?
+        .map_err(unreachable)?;
+    let status = status.as_u16();
     match status {
         200 => serde_json::from_slice(&body).map_err(|error| {
             EdgeError::Admin(format!(
@@ -303,50 +326,6 @@ fn dialable(listen: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, listen.port())
-}
-
-/// The status and the body of an HTTP/1.1 answer (Content-Length, chunked, or to the end).
-fn parse_answer(answer: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&answer[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let (name, value) = line.split_once(':')?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let rest = &answer[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        match length {
-            Some(length) => rest.get(..length)?.to_vec(),
-            None => rest.to_vec(),
-        }
-    };
-    Some((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        body.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
 }
 
 /// A readable table of a tunnel's connectors, for `tunnel info`.
@@ -456,15 +435,5 @@ mod tests {
         let table = render_tunnel_info(&info);
         assert!(table.contains("routes: 10.0.0.0/8:80,8000-8999"), "{table}");
         assert!(table.contains("draining"), "{table}");
-    }
-
-    #[test]
-    fn parses_answers() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(parse_answer(plain), Some((200, b"{}".to_vec())));
-        let chunked =
-            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n";
-        assert_eq!(parse_answer(chunked), Some((404, b"abcd".to_vec())));
-        assert_eq!(parse_answer(b"garbage"), None);
     }
 }

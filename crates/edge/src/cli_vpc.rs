@@ -1,6 +1,7 @@
 //! `underpass-edge vpc …`: the directory API (`docs/directory-api.md`) from the command
 //! line, shaped like wrangler's `vpc` commands. It asks a running edge's admin listener over
-//! HTTP/1.1 (hyper, one connection per request, 30 s each) and needs no config file.
+//! HTTP/1.1 (hyper, one connection per request, 30 s each; plain or TLS 1.3) and needs no
+//! config file.
 //!
 //! Only what a command is for goes to stdout: a table (or the API's `result` as JSON with
 //! `--json`), a token alone (`TOKEN=$(underpass-edge vpc tunnel create prod)`), the workerd
@@ -9,16 +10,20 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{ArgGroup, Args, Subcommand};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use underpass_transport::tls::{self, EdgeVerification};
+
+use crate::api_client::{self, Target};
 
 /// How long one request may take, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,7 +36,9 @@ const PER_PAGE: usize = 1000;
 pub const AFTER_HELP: &str = "\
 Environment:
   UNDERPASS_API        the directory API, when --api is not given (http://HOST:PORT of
-                       the edge's [admin] listen)
+                       the edge's [admin] listen; https:// when it has tls_cert)
+  UNDERPASS_API_CA     the CA bundle that verifies an https:// API, when --api-ca is
+                       not given
   UNDERPASS_API_TOKEN  the API token, when --api-token is not given; prefer it to the
                        flag, which other users see in the process list
   UNDERPASS_ACCOUNT    the account, when --account is not given
@@ -48,7 +55,8 @@ Exit status:
 #[command(next_help_heading = "Directory API options")]
 pub struct ApiArgs {
     /// The directory API: `http://HOST:PORT` of the edge's `[admin] listen`, optionally with a
-    /// path prefix. Plain HTTP only.
+    /// path prefix; `https://` when the listener has `tls_cert` (the certificate is verified,
+    /// with --api-ca or the system's roots).
     #[arg(
         long,
         global = true,
@@ -57,6 +65,10 @@ pub struct ApiArgs {
         value_parser = ApiUrl::parse
     )]
     api: Option<ApiUrl>,
+    /// The CA bundle (PEM) that verifies an `https://` API's certificate, instead of the
+    /// system's root certificates.
+    #[arg(long, global = true, env = "UNDERPASS_API_CA", value_name = "FILE")]
+    api_ca: Option<PathBuf>,
     /// The API token (`upa1_…`). Prefer UNDERPASS_API_TOKEN: other users see a command line
     /// in the process list.
     #[arg(
@@ -595,7 +607,7 @@ fn dialable(address: SocketAddr) -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 // The API client
 
-/// `--api`: `http://host:port` and an optional path prefix.
+/// `--api`: `http://host:port` or `https://host:port`, and an optional path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiUrl {
     /// As given, for messages.
@@ -604,30 +616,33 @@ pub struct ApiUrl {
     authority: String,
     /// The host to connect to (an IPv6 literal without its brackets).
     host: String,
-    /// The port (80 when the URL has none).
+    /// The port (80, or 443 for https, when the URL has none).
     port: u16,
+    /// `https://`: TLS 1.3 to the listener.
+    tls: bool,
     /// The path prefix without a trailing `/` (`""` at the root).
     prefix: String,
 }
 
 impl ApiUrl {
-    /// Parse `--api`: the scheme `http`, a host, an optional port and path; no credentials, no
-    /// query.
+    /// Parse `--api`: the scheme `http` or `https`, a host, an optional port and path; no
+    /// credentials, no query.
     fn parse(text: &str) -> Result<ApiUrl, String> {
         let example = "like http://127.0.0.1:20242";
         let uri: Uri = text
             .parse()
             .map_err(|error| format!("not a URL ({error}), {example}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(other) => {
                 return Err(format!(
-                    "{other}:// is not supported: the admin listener speaks plain HTTP, \
-                     {example} (reach a remote edge through an SSH tunnel)"
+                    "{other}:// is not supported: the admin listener speaks http:// or \
+                     https://, {example}"
                 ))
             }
             None => return Err(format!("needs http:// and a host, {example}")),
-        }
+        };
         let Some(authority) = uri.authority() else {
             return Err(format!("needs a host, {example}"));
         };
@@ -650,7 +665,8 @@ impl ApiUrl {
             text: text.to_owned(),
             authority: authority.as_str().to_owned(),
             host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            tls,
             prefix: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -946,6 +962,8 @@ fn table(rows: &[Vec<String>]) -> String {
 /// One account's API at one edge, with one token.
 struct Client {
     url: ApiUrl,
+    /// How to reach it.
+    target: Target,
     /// `Bearer <token>`, marked sensitive.
     authorization: HeaderValue,
     account: String,
@@ -979,6 +997,7 @@ impl Client {
             })?;
         authorization.set_sensitive(true);
         Ok(Client {
+            target: target(url, args.api_ca.as_deref())?,
             url: url.clone(),
             authorization,
             account: path_segment("--account", account)?.to_owned(),
@@ -1091,33 +1110,57 @@ impl Client {
             url: self.url.text.clone(),
             detail,
         };
-        let exchange = async {
-            let stream = TcpStream::connect((self.url.host.as_str(), self.url.port))
-                .await
-                .map_err(|error| no_answer(error.to_string()))?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|error| no_answer(error.to_string()))?;
-            // The connection is driven beside the request; it ends when `sender` is dropped.
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|error| no_answer(error.to_string()))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|error| no_answer(format!("the answer broke off: {error}")))?;
-            Ok((status, body.to_bytes()))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| no_answer(format!("nothing within {} s", REQUEST_TIMEOUT.as_secs())))?
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            api_client::exchange(&self.target, request, MAX_ANSWER),
+        )
+        .await
+        .map_err(|_| no_answer(format!("nothing within {} s", REQUEST_TIMEOUT.as_secs())))?
+        .map_err(no_answer)
     }
+}
+
+/// How to reach `url`: TLS 1.3 verified by `ca` (a PEM bundle) or the system's roots for
+/// `https://`; `--api-ca` with `http://` is a mistake worth saying.
+fn target(url: &ApiUrl, ca: Option<&std::path::Path>) -> Result<Target, VpcError> {
+    if !url.tls {
+        if let Some(ca) = ca {
+            return Err(VpcError::Usage(format!(
+                "--api-ca {} needs an https:// --api (the API at {} is plain HTTP)",
+                ca.display(),
+                url.text
+            )));
+        }
+        return Ok(Target {
+            host: url.host.clone(),
+            port: url.port,
+            tls: None,
+        });
+    }
+    let verification =
+        match ca {
+            Some(path) => EdgeVerification::CaPem(std::fs::read(path).map_err(|error| {
+                VpcError::Usage(format!("--api-ca {}: {error}", path.display()))
+            })?),
+            None => EdgeVerification::SystemRoots,
+        };
+    let config = tls::client_config(&verification, &[b"http/1.1"]).map_err(|error| {
+        VpcError::Usage(match ca {
+            Some(path) => format!("--api-ca {}: {error}", path.display()),
+            None => format!("the TLS configuration for {}: {error}", url.text),
+        })
+    })?;
+    let name = ServerName::try_from(url.host.clone()).map_err(|error| {
+        VpcError::Usage(format!(
+            "--api {}: not a TLS server name: {error}",
+            url.text
+        ))
+    })?;
+    Ok(Target {
+        host: url.host.clone(),
+        port: url.port,
+        tls: Some((Arc::new(config), name)),
+    })
 }
 
 /// An account or id as one path segment: `A-Z a-z 0-9 - _ .`, not starting with `.`.
@@ -1338,8 +1381,13 @@ mod tests {
             ApiUrl::parse("http://edge.internal").expect("valid").port,
             80
         );
+        let url = ApiUrl::parse("https://edge.internal/api/").expect("valid");
+        assert_eq!(
+            (url.port, url.tls, url.prefix.as_str()),
+            (443, true, "/api")
+        );
         for bad in [
-            "https://127.0.0.1:1",
+            "ftp://127.0.0.1:1",
             "127.0.0.1:20242",
             "http://u:p@127.0.0.1:1",
             "http://127.0.0.1:1/?x=1",
@@ -1354,6 +1402,7 @@ mod tests {
         let (api, _) = parse(&["tunnel", "list"]).expect("valid");
         let api = ApiArgs {
             api: None,
+            api_ca: None,
             api_token: None,
             account: None,
             ..api

@@ -29,6 +29,7 @@
 
 pub mod admin;
 mod api;
+mod api_client;
 pub mod cli;
 mod cli_vpc;
 pub mod config;

@@ -333,6 +333,90 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
+/// A TLS 1.3 client configuration that trusts exactly one server certificate: the first one of
+/// `cert_chain_pem` (the file the server presents). For a client on the server's own host that
+/// reads the server's certificate file (`underpass-edge tunnel info` on a TLS admin listener):
+/// the name is not checked, the certificate is, byte for byte, and so is the handshake's
+/// signature by its key.
+pub fn exact_leaf_client_config(
+    cert_chain_pem: &[u8],
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let leaf = parse_certs(cert_chain_pem, "certificate chain")?
+        .swap_remove(0)
+        .into_owned();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LeafVerifier {
+            leaf,
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Accepts one certificate, compared byte for byte, and the handshakes its key signed.
+#[derive(Debug)]
+struct LeafVerifier {
+    leaf: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for LeafVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Accepts any certificate; still checks that the handshake was signed by its key, so the
 /// peer at least holds the key of the certificate it sent. For the explicitly dangerous
 /// settings only (edge `DangerousNoVerify`, origin `cert_verification_mode = "disabled"`).
