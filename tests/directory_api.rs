@@ -6,8 +6,10 @@
 //!   secret; Bind binds services and networks by network id but not a tunnel id; Admin does
 //!   everything; another account's objects are 404;
 //! - validation of the public service shapes, naming the field;
-//! - a binding created through the API serves `fetch()` at once, and deleting it refuses new
-//!   connections while a transfer already running completes;
+//! - a binding created through the API serves `fetch()` at once, a changed service is what the
+//!   next request reaches, and deleting a binding refuses new connections while a transfer
+//!   already running completes; deleting a tunnel disconnects its connector;
+//! - the config file's objects are served beside the API's;
 //! - objects survive a restart of the edge;
 //! - a network spanning the account's tunnels sends each destination to the tunnel whose
 //!   connectors announce it, and refuses what none announces.
@@ -562,6 +564,27 @@ async fn live_bindings_and_a_restart() {
         .await;
     let response = fetch(addr_of(&web), "http://web/").await;
     assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.body, TrickleOrigin::body(1, 16));
+    // A changed service (another host and port) is what the next request reaches.
+    let moved = TrickleOrigin::start(ip("127.21.3.3"), 2, 16, Duration::ZERO).await;
+    moved.release();
+    admin
+        .ok(
+            "PUT",
+            &format!("{SERVICES}/{}", id_of(&service, "service_id")),
+            Some(
+                json!({"name": "web", "type": "http", "http_port": moved.addr().port(),
+                "host": {"ipv4": "127.21.3.3", "network": {"tunnel_id": tunnel_id}}}),
+            ),
+        )
+        .await;
+    let response = fetch(addr_of(&web), "http://web/").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.body,
+        TrickleOrigin::body(2, 16),
+        "the updated service's origin answered"
+    );
 
     let network = admin
         .ok(
