@@ -25,9 +25,9 @@ use underpass_connector::{ConnectionState, Connector, ConnectorConfig, Connector
 use underpass_e2e::admin;
 use underpass_e2e::edge_home::{EdgeHome, EdgeRun};
 use underpass_e2e::edge_process::edge_binary;
+use underpass_e2e::edge_process::TUNNEL;
 use underpass_e2e::http1::{self, Response};
 use underpass_e2e::{Behaviour, EchoServer, TrickleOrigin};
-use underpass_e2e::edge_process::TUNNEL;
 use underpass_proto::{RefuseReason, TunnelToken};
 
 /// Guards a hang only.
@@ -816,10 +816,22 @@ async fn config_file_and_api_objects_are_served_side_by_side() {
         (api_proxy, &api_echo, &file_echo),
     ] {
         let answer = http1::connect(proxy, &reached.addr().to_string(), LIMIT).await;
-        assert_eq!(answer.status, 200, "{proxy} -> {}: {}", reached.addr(), answer.head);
+        assert_eq!(
+            answer.status,
+            200,
+            "{proxy} -> {}: {}",
+            reached.addr(),
+            answer.head
+        );
         // The other subnet is the other tunnel's: this binding's connector does not route it.
         let answer = http1::connect(proxy, &other.addr().to_string(), LIMIT).await;
-        assert_eq!(answer.status, 502, "{proxy} -> {}: {}", other.addr(), answer.head);
+        assert_eq!(
+            answer.status,
+            502,
+            "{proxy} -> {}: {}",
+            other.addr(),
+            answer.head
+        );
     }
     // Only the API's objects are listed, under the names they were given.
     let networks = admin.ok("GET", NETWORKS, None).await;
@@ -1066,7 +1078,9 @@ async fn the_admin_listener_serves_tls_with_a_given_certificate() {
     let vpc = |extra: &[&str]| {
         let mut args = vec!["vpc", "service", "list", "--account", "acme"];
         args.extend_from_slice(extra);
-        args.iter().map(|a| (*a).to_owned()).collect::<Vec<String>>()
+        args.iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<String>>()
     };
     let token_flag = ["--api-token", token.as_str()];
     let mut args = vpc(&["--api", &url, "--api-ca", &ca]);
@@ -1097,7 +1111,10 @@ async fn the_admin_listener_serves_tls_with_a_given_certificate() {
     let output = cli(&home, &args).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("--api-ca") && stderr.contains("https://"), "{stderr}");
+    assert!(
+        stderr.contains("--api-ca") && stderr.contains("https://"),
+        "{stderr}"
+    );
 
     // `tunnel info` on the edge's host trusts the listener by its certificate file.
     let output = cli(&home, &["tunnel", "info", TUNNEL]).await;
@@ -1122,5 +1139,8 @@ async fn the_admin_listener_serves_tls_with_a_given_certificate() {
     let output = cli(&home, &["tunnel", "info", TUNNEL]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("cannot ask the edge's admin listener"), "{stderr}");
+    assert!(
+        stderr.contains("cannot ask the edge's admin listener"),
+        "{stderr}"
+    );
 }
