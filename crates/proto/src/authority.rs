@@ -66,8 +66,9 @@ pub fn parse_authority(text: &str) -> Result<(Host, u16), AuthorityError> {
 }
 
 /// Parse a host without port: a dotted-quad IPv4 address or a DNS name (IPv6 is only accepted
-/// in brackets by [`parse_authority`]).
-fn parse_host(host: &str) -> Result<Host, AuthorityError> {
+/// in brackets by [`parse_authority`]). A URL's host goes through this too, so `fetch()` and
+/// `CONNECT` refuse the same hosts.
+pub fn parse_host(host: &str) -> Result<Host, AuthorityError> {
     if looks_numeric(host) {
         return host
             .parse::<Ipv4Addr>()

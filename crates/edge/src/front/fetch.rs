@@ -187,10 +187,10 @@ fn parse_absolute(uri: &http::Uri) -> Result<AbsoluteTarget, String> {
             v6.parse::<IpAddr>()
                 .map_err(|_| format!("invalid IPv6 address {raw_host:?}"))?,
         ),
-        None => match raw_host.parse::<IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) => Host::Name(raw_host.to_ascii_lowercase()),
-        },
+        // The one strict host parser (as for CONNECT): a dotted quad or a DNS name; `0x7f.1`,
+        // `010.0.0.1`, `2130706433` and other forms some resolvers read as addresses are refused.
+        None => underpass_proto::authority::parse_host(raw_host)
+            .map_err(|error| format!("invalid host in the URL: {error}"))?,
     };
     let port = authority.port_u16();
     if port == Some(0) {
