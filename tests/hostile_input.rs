@@ -111,8 +111,12 @@ async fn send(proxy: SocketAddr, raw: &[u8]) -> Response {
 }
 
 async fn stack(origin: &Recorder) -> Stack {
+    stack_for(origin.addr).await
+}
+
+async fn stack_for(origin: SocketAddr) -> Stack {
     Stack::builder()
-        .route(&format!("{}/32", origin.addr.ip()), None)
+        .route(&format!("{}/32", origin.ip()), None)
         .network_binding("net")
         .start()
         .await
@@ -197,8 +201,8 @@ async fn connect_takes_an_authority_and_no_body() {
 }
 
 /// A request head larger than one stream header can carry: 431 with `Proxy-Status`
-/// (48 KiB limit); beyond hyper's 64 KiB read buffer hyper answers 431 itself. The origin
-/// sees nothing either way.
+/// (48 KiB limit); beyond hyper's 64 KiB read buffer hyper refuses it, and the edge's 431 with
+/// `Proxy-Status` replaces hyper's answer. The origin sees nothing either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_heads_are_431() {
     let origin = Recorder::start(ip("127.22.4.1")).await;
@@ -216,8 +220,8 @@ async fn oversized_request_heads_are_431() {
         "GET http://{o}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)
     );
-    let response = send(proxy, raw.as_bytes()).await;
-    assert_eq!(response.status, 431, "{}", response.text());
+    let answer = exchange(proxy, raw.into_bytes()).await;
+    assert_one_error_answer("a 100 KiB header field", &answer, 431);
     assert_eq!(origin.connections(), 0, "nothing reached the origin");
     // A head under the limit still goes through.
     let raw = format!(
@@ -275,4 +279,422 @@ async fn a_stalled_request_body_is_408_and_frees_the_origin() {
         .expect("the origin connection is closed")
         .expect("the origin task");
     assert!(seen > 0, "the origin had the head");
+}
+
+/// Sends `raw` on a new connection to `proxy` while reading, and returns every byte of the
+/// answer up to the end of the connection. A write the edge cuts short (it answers and closes
+/// before reading all of `raw`) is not an error: the answer is what matters.
+async fn exchange(proxy: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
+    let stream = TcpStream::connect(proxy).await.expect("the binding");
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&raw).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(LIMIT, read.read(&mut buf)).await {
+            // A reset after the answer (the edge closed with request bytes unread) ends it too.
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the connection stayed open {LIMIT:?}: {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    drop(writer.await);
+    answer
+}
+
+/// `raw` is exactly one answer: `status` with `Proxy-Status: underpass;
+/// error=http_request_error`, `Connection: close`, nothing after its body.
+#[track_caller]
+fn assert_one_error_answer(case: &str, raw: &[u8], status: u16) {
+    let text = String::from_utf8_lossy(raw);
+    let response = parse_response(raw).unwrap_or_else(|e| panic!("{case}: {e:#}: {text:?}"));
+    assert_eq!(
+        (response.status, response.proxy_error()),
+        (status, Some("http_request_error")),
+        "{case}: {text:?}"
+    );
+    let proxy_status = response.header("proxy-status").expect("checked above");
+    assert!(
+        proxy_status.starts_with("underpass; "),
+        "{case}: {proxy_status}"
+    );
+    assert_eq!(
+        response.header("connection"),
+        Some("close"),
+        "{case}: {text:?}"
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "{case}: one answer: {text:?}"
+    );
+    let head_len = text.find("\r\n\r\n").expect("a head") + 4;
+    assert_eq!(
+        raw.len(),
+        head_len + response.body.len(),
+        "{case}: {text:?}"
+    );
+}
+
+/// One connection an origin accepted: the bytes it read, and whether it ended with a reset
+/// rather than a FIN.
+#[derive(Debug, Clone)]
+struct Received {
+    bytes: Vec<u8>,
+    reset: bool,
+}
+
+/// An origin that reads each connection to its end, answering `200` only to a complete chunked
+/// request; it records what each connection brought.
+struct Sink {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Every byte read so far, all connections together.
+    read: Arc<Mutex<Vec<u8>>>,
+    ended: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Sink {
+    async fn start(at: IpAddr) -> Sink {
+        let listener = TcpListener::bind(SocketAddr::new(at, 0))
+            .await
+            .expect("bind the origin");
+        let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(Mutex::new(Vec::new()));
+        let (a, r, e) = (accepted.clone(), read.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (r, e) = (r.clone(), e.clone());
+                tokio::spawn(async move {
+                    let mut bytes = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let reset = loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) => break false,
+                            Ok(n) => {
+                                bytes.extend_from_slice(&buf[..n]);
+                                r.lock().expect("not poisoned").extend_from_slice(&buf[..n]);
+                            }
+                            Err(_) => break true,
+                        }
+                        if is_complete_chunked_request(&bytes) {
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+                                      Connection: close\r\n\r\nok",
+                                )
+                                .await;
+                            break false;
+                        }
+                    };
+                    e.lock()
+                        .expect("not poisoned")
+                        .push(Received { bytes, reset });
+                });
+            }
+        });
+        Sink {
+            addr,
+            accepted,
+            read,
+            ended,
+        }
+    }
+
+    /// Waits until the origin has read `bytes` (on any connection).
+    async fn has_read(&self, bytes: &[u8]) {
+        let seen = async {
+            while !self
+                .read
+                .lock()
+                .expect("not poisoned")
+                .windows(bytes.len())
+                .any(|w| w == bytes)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(LIMIT, seen)
+            .await
+            .expect("the origin reads the first chunk");
+    }
+
+    /// What every connection brought, once each connection accepted so far has ended.
+    async fn settled(&self) -> Vec<Received> {
+        let all_ended = async {
+            loop {
+                let ended = self.ended.lock().expect("not poisoned").clone();
+                if ended.len() == self.accepted.load(Ordering::SeqCst) {
+                    return ended;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(LIMIT, all_ended)
+            .await
+            .expect("the origin connections end")
+    }
+}
+
+/// Whether `raw` (a request as an origin read it) holds a complete chunked request: its head,
+/// then chunks up to the last (`0`) chunk and the blank line after it.
+fn is_complete_chunked_request(raw: &[u8]) -> bool {
+    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let mut rest = &raw[head_end + 4..];
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let line = String::from_utf8_lossy(&rest[..line_end]);
+        let size = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return false;
+        };
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            // No trailers are sent here: the blank line ends the message.
+            return rest.starts_with(b"\r\n");
+        }
+        if rest.len() < size + 2 || &rest[size..size + 2] != b"\r\n" {
+            return false;
+        }
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A client's bad chunked framing is the client's error: `400 http_request_error` and the
+/// connection closed, not `502 connection_terminated` (what it was: the edge took the reset
+/// of the aborted upload for a connector failure). The origin never sees a complete request:
+/// either nothing, or a head and part of a chunked body whose connection then ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_chunked_framing_is_400_and_closes() {
+    let origin = Sink::start(ip("127.22.6.1")).await;
+    let stack = stack_for(origin.addr).await;
+    let proxy = stack.binding_addr("net");
+    let o = origin.addr;
+    let cases: [(&str, String); 6] = [
+        ("size zz", "zz\r\nabc\r\n0\r\n\r\n".to_owned()),
+        ("size -1", "-1\r\nabc\r\n0\r\n\r\n".to_owned()),
+        (
+            "size 2^72",
+            "1000000000000000000\r\nabc\r\n0\r\n\r\n".to_owned(),
+        ),
+        (
+            "a 100 KiB chunk extension",
+            format!("3;ext={}\r\nabc\r\n0\r\n\r\n", "x".repeat(100 * 1024)),
+        ),
+        (
+            "more data than the size",
+            "3\r\nabcdef\r\n0\r\n\r\n".to_owned(),
+        ),
+        (
+            "more data than the size, after a good chunk",
+            "2\r\nab\r\n3\r\nabcdef\r\n0\r\n\r\n".to_owned(),
+        ),
+    ];
+    for (case, body) in &cases {
+        let raw =
+            format!("POST http://{o}/up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let answer = exchange(proxy, raw.into_bytes()).await;
+        assert_one_error_answer(case, &answer, 400);
+    }
+    let received = origin.settled().await;
+    for (i, seen) in received.iter().enumerate() {
+        eprintln!(
+            "origin connection {i}: {} bytes, ended by {}: {:?}",
+            seen.bytes.len(),
+            if seen.reset { "a reset" } else { "a FIN" },
+            String::from_utf8_lossy(&seen.bytes[..seen.bytes.len().min(200)])
+        );
+        assert!(
+            !is_complete_chunked_request(&seen.bytes),
+            "the origin saw a complete request: {:?}",
+            String::from_utf8_lossy(&seen.bytes)
+        );
+    }
+    eprintln!(
+        "{} cases, {} origin connections",
+        cases.len(),
+        received.len()
+    );
+
+    // Bad framing once the origin has the head and a first chunk: its request is cut, the
+    // connection to it ends without the last chunk.
+    let mut client = TcpStream::connect(proxy).await.expect("the binding");
+    let head =
+        format!("POST http://{o}/cut HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n");
+    client.write_all(head.as_bytes()).await.expect("send");
+    origin.has_read(b"first").await;
+    client
+        .write_all(b"3\r\nabcdef\r\n0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, client.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .expect("read");
+    assert_one_error_answer("bad framing after a first chunk", &answer, 400);
+    let received = origin.settled().await;
+    let cut: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.bytes.windows(5).any(|w| w == b"first"))
+        .collect();
+    assert_eq!(cut.len(), 1, "one origin connection had the first chunk");
+    eprintln!(
+        "cut upload: the origin read {:?}, then {}",
+        String::from_utf8_lossy(&cut[0].bytes),
+        if cut[0].reset { "a reset" } else { "a FIN" }
+    );
+    assert!(
+        !is_complete_chunked_request(&cut[0].bytes),
+        "the origin saw a complete request: {:?}",
+        String::from_utf8_lossy(&cut[0].bytes)
+    );
+    // The same request well framed goes through.
+    let raw = format!(
+        "POST http://{o}/up HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         3\r\nabc\r\n0\r\n\r\n"
+    );
+    let answer = exchange(proxy, raw.into_bytes()).await;
+    let response = parse_response(&answer).expect("an HTTP answer");
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// Request heads hyper itself refuses, before the edge's code sees a request: the answer is
+/// the edge's, with `Proxy-Status: underpass; error=http_request_error`, one answer and the
+/// connection closed (before, hyper's bare `400`/`431` had no `Proxy-Status`). Nothing reaches
+/// the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_refuses_carry_proxy_status() {
+    let origin = Recorder::start(ip("127.22.7.1")).await;
+    let stack = stack(&origin).await;
+    let proxy = stack.binding_addr("net");
+    let o = origin.addr;
+    let get = |extra: &str| format!("GET http://{o}/ HTTP/1.1\r\n{extra}\r\n").into_bytes();
+    let many_fields: String = (0..101).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("a garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            "no HTTP version",
+            format!("GET http://{o}/\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            "a bad HTTP version",
+            format!("GET http://{o}/ HTTP/9.9\r\n\r\n").into_bytes(),
+            400,
+        ),
+        ("a space in a header name", get("Bad Name: x\r\n"), 400),
+        (
+            "a control byte in a header name",
+            get("X\u{1}Y: x\r\n"),
+            400,
+        ),
+        ("a colon-less header line", get("NoColonHere\r\n"), 400),
+        ("a bare CR in a header value", get("X-A: a\rb\r\n"), 400),
+        (
+            "an obs-fold continuation line",
+            get("X-A: a\r\n b\r\n"),
+            400,
+        ),
+        (
+            "a Content-Length that is not a number",
+            get("Content-Length: abc\r\n"),
+            400,
+        ),
+        (
+            "two different Content-Lengths",
+            get("Content-Length: 1\r\nContent-Length: 2\r\n"),
+            400,
+        ),
+        (
+            "a 70 KiB target",
+            format!("GET http://{o}/{} HTTP/1.1\r\n\r\n", "a".repeat(70 * 1024)).into_bytes(),
+            414,
+        ),
+        (
+            "a 20 KiB target (within hyper's buffer)",
+            format!("GET http://{o}/{} HTTP/1.1\r\n\r\n", "a".repeat(20 * 1024)).into_bytes(),
+            414,
+        ),
+        (
+            "a 70 KiB header field",
+            get(&format!("X-Big: {}\r\n", "a".repeat(70 * 1024))),
+            431,
+        ),
+        ("101 header fields", get(&many_fields), 431),
+    ];
+    for (case, raw, status) in cases {
+        let answer = exchange(proxy, raw).await;
+        assert_one_error_answer(case, &answer, status);
+    }
+    assert_eq!(origin.connections(), 0, "nothing reached the origin");
+
+    // On a connection that already served a request, the same: the edge's answer replaces
+    // hyper's even after a response went out. Its first request reaches the origin.
+    let ok = format!("GET http://{o}/ HTTP/1.1\r\n\r\n");
+    for (case, second, status) in [
+        (
+            "a garbage line after a request",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+        ),
+        // A reused connection's head does not start at its first byte: an overlong target
+        // there is only "a head over 64 KiB".
+        (
+            "a 70 KiB target after a request",
+            format!("GET http://{o}/{} HTTP/1.1\r\n\r\n", "a".repeat(70 * 1024)).into_bytes(),
+            431,
+        ),
+    ] {
+        let mut client = TcpStream::connect(proxy).await.expect("the binding");
+        client.write_all(ok.as_bytes()).await.expect("send");
+        let mut first = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !first.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(LIMIT, client.read(&mut buf))
+                .await
+                .expect("the first answer")
+                .expect("read");
+            assert!(
+                n > 0,
+                "{case}: closed after {:?}",
+                String::from_utf8_lossy(&first)
+            );
+            first.extend_from_slice(&buf[..n]);
+        }
+        assert!(first.starts_with(b"HTTP/1.1 200 OK\r\n"), "{case}");
+        let (mut read, mut write) = client.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(&second).await;
+            write
+        });
+        let mut answer = Vec::new();
+        loop {
+            match tokio::time::timeout(LIMIT, read.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("{case}: no end within {LIMIT:?}"),
+            }
+        }
+        drop(writer.await);
+        assert_one_error_answer(case, &answer, status);
+    }
+    assert_eq!(
+        origin.connections(),
+        2,
+        "only the two good requests reached the origin"
+    );
 }

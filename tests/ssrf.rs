@@ -131,12 +131,16 @@ async fn no_encoding_of_a_denied_or_unrouted_address_reaches_it() {
         let answer = http1::connect(proxy, authority, LIMIT).await;
         let got = (answer.status, answer.proxy_error().map(str::to_owned));
         if got != (*status, Some((*error).to_owned())) {
-            failures.push(format!("CONNECT {authority}: {got:?}, expected {status} {error}"));
+            failures.push(format!(
+                "CONNECT {authority}: {got:?}, expected {status} {error}"
+            ));
         }
         let response = fetch(proxy, &format!("http://{authority}/")).await;
         let got = (response.status, response.proxy_error().map(str::to_owned));
         if got != (*status, Some((*error).to_owned())) {
-            failures.push(format!("GET http://{authority}/: {got:?}, expected {status} {error}"));
+            failures.push(format!(
+                "GET http://{authority}/: {got:?}, expected {status} {error}"
+            ));
         }
     }
     // User-info naming a routed host before the real one: the real host is what counts.
@@ -152,7 +156,11 @@ async fn no_encoding_of_a_denied_or_unrouted_address_reaches_it() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(denied.accepted(), 0, "a connection reached the denied sink");
-    assert_eq!(unrouted.accepted(), 0, "a connection reached the unrouted sink");
+    assert_eq!(
+        unrouted.accepted(),
+        0,
+        "a connection reached the unrouted sink"
+    );
     // The sinks do count: a direct connection is seen.
     let direct = TcpStream::connect(denied.addr).await.expect("the sink");
     drop(direct);

@@ -9,11 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
+use underpass_rt::risky::{self, Finding};
 use underpass_rt::{init_tracing, runtime, LogFormat, Signal, Signals, EX_FAILURE, EX_USAGE};
 use underpass_transport::tls::EdgeVerification;
 
 use crate::config::{
-    redact, ConfigError, ConnectorConfig, Overrides, ProtocolChoice, DEFAULT_CONFIG_FILE, TOKEN_ENV,
+    redact, ConfigError, ConnectorConfig, Overrides, ProtocolChoice, Provenance,
+    DEFAULT_CONFIG_FILE, TOKEN_ENV,
 };
 use crate::service::ServiceCommand;
 use crate::supervisor::{Connector, ConnectorError, ConnectorHandle};
@@ -45,6 +47,9 @@ pub enum Command {
     )]
     Run(RunArgs),
     /// Validate a config file and print a summary, without connecting.
+    ///
+    /// Warns about risky settings (a token others can read, a route to everything) and
+    /// refuses, with status 64, a token or config file others can write.
     #[command(after_long_help = ENVIRONMENT_HELP)]
     CheckConfig(CheckArgs),
     /// Install or remove the systemd service (unit, config file and token).
@@ -177,6 +182,14 @@ fn check_config(args: CheckArgs) -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     match ConnectorConfig::load(Some(&file), &overrides) {
         Ok(config) => {
+            let findings = config.risky_findings(&Provenance {
+                config_file: Some(&file),
+                ..Provenance::default()
+            });
+            risky::print(&findings);
+            if findings.iter().any(Finding::is_refusal) {
+                return ExitCode::from(EX_USAGE);
+            }
             println!("{}: OK", file.display());
             print!("{}", config.summary());
             ExitCode::SUCCESS
@@ -206,6 +219,16 @@ fn load(args: &RunArgs, overrides: &Overrides) -> Result<ConnectorConfig, Config
     Ok(config)
 }
 
+/// The risky settings of `config`, loaded from `args` (docs/security.md, "Risky
+/// configuration").
+fn risky_findings(config: &ConnectorConfig, args: &RunArgs) -> Vec<Finding> {
+    config.risky_findings(&Provenance {
+        config_file: args.config.as_deref(),
+        flag_routes: args.routes.len(),
+        admin_flag: args.admin_listen.is_some(),
+    })
+}
+
 fn run(mut args: RunArgs) -> ExitCode {
     // Where `service install` and the container image put the file.
     if args.config.is_none() {
@@ -219,7 +242,14 @@ fn run(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    let findings = risky_findings(&config, &args);
+    if findings.iter().any(Finding::is_refusal) {
+        let refusals: Vec<Finding> = findings.into_iter().filter(Finding::is_refusal).collect();
+        risky::print(&refusals);
+        return ExitCode::from(EX_USAGE);
+    }
     init_tracing("info", config.log_format);
+    risky::log_warnings(&findings);
     info!(
         version = underpass_rt::VERSION,
         config = %args.config.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
@@ -293,6 +323,17 @@ fn reload(handle: &ConnectorHandle, args: &RunArgs, overrides: &Overrides) {
             return;
         }
     };
+    let findings = risky_findings(&config, args);
+    if let Some(refusal) = findings.iter().find(|f| f.is_refusal()) {
+        error!(
+            config = %path.display(),
+            error = %refusal,
+            "configuration NOT reloaded: it is refused as risky; the running configuration is \
+             kept"
+        );
+        return;
+    }
+    risky::log_warnings(&findings);
     let (routes, deny, max_streams) = (config.routes.len(), config.deny.len(), config.max_streams);
     match handle.reload(config) {
         Ok(report) => {

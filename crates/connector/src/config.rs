@@ -19,9 +19,11 @@ use underpass_transport::quic::QuicSettings;
 use underpass_transport::tls::EdgeVerification;
 
 mod file;
+mod risky;
 mod validate;
 
 use file::{ConfigFile, RouteEntry};
+pub use risky::Provenance;
 pub use validate::default_deny;
 use validate::{validate, validate_with_token};
 

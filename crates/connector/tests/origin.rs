@@ -381,10 +381,15 @@ async fn websocket_upgrade_becomes_a_raw_pipe_with_half_close() {
 }
 
 #[tokio::test]
-async fn refused_upgrade_is_http_upgrade_failed() {
+async fn declined_upgrade_is_an_ordinary_response_and_an_unusable_101_http_upgrade_failed() {
     let addr = raw_origin("127.0.31.13", |mut tcp| async move {
-        read_head(&mut tcp).await;
-        let answer = "HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n";
+        let head = read_head(&mut tcp).await;
+        let answer = if head.contains("/chat") {
+            "HTTP/1.1 426 Upgrade Required\r\ncontent-length: 14\r\n\r\nnot websocket!"
+        } else {
+            // A 101 naming no protocol: not a switch to what the request offered.
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\r\n"
+        };
         let _ = tcp.write_all(answer.as_bytes()).await;
         wait_eof(&mut tcp).await;
     })
@@ -392,10 +397,16 @@ async fn refused_upgrade_is_http_upgrade_failed() {
     let tunnel = Tunnel::start().await;
     let mut head = with_header(get(addr.to_string(), "/chat"), "upgrade", "websocket");
     head.body = BodyKind::Upgrade;
+    let fetched = tunnel.fetch(head.clone(), b"").await;
+    assert_eq!(fetched.head().status, 426);
+    assert_eq!(fetched.head().body, BodyKind::Length(14));
+    assert_eq!(fetched.body.as_deref().ok(), Some(&b"not websocket!"[..]));
+
+    head.path = "/bare-101".into();
     let fetched = tunnel.fetch(head, b"").await;
     let error = fetched.error();
     assert_eq!(error.status, ProxyStatus::HttpUpgradeFailed);
-    assert!(error.details.contains("426"), "{}", error.details);
+    assert!(error.details.contains("101"), "{}", error.details);
 }
 
 #[tokio::test]

@@ -280,6 +280,50 @@ async fn upgrade_over_tls_becomes_a_raw_pipe() {
     support::tunnel::check_upgrade(&tunnel, head).await;
 }
 
+/// An HTTP/2 origin's response head is bounded by the stream frame, as over HTTP/1.1: one
+/// that fits (40,000 bytes, more than hyper's 16 KiB HTTP/2 default) passes intact, a larger
+/// one (72,000) is `http_response_header_section_size`.
+#[tokio::test]
+async fn http2_response_heads_are_bounded_by_the_frame_only() {
+    let ca = TestCa::new("Test CA h2 heads");
+    let origin = EchoOrigin::start_tls(
+        "127.0.32.11",
+        ca.server_config(&["api.internal"], &ALPN_BOTH),
+    )
+    .await;
+    let tunnel = Tunnel::with(|c| c.origin_http2(true)).await;
+    for (total, fits) in [(40_000usize, true), (72_000, false)] {
+        let mut head = service(
+            &tunnel,
+            "api.internal",
+            &origin,
+            TlsVerification::VerifyFull,
+            Some(&ca),
+        )
+        .await;
+        head.path = format!("/headers/{total}");
+        let fetched = tunnel.fetch(head, b"").await;
+        if fits {
+            assert_eq!(fetched.head().status, 200);
+            let padding: usize = fetched
+                .head()
+                .headers
+                .iter()
+                .filter(|h| h.name.starts_with("x-pad-"))
+                .map(|h| h.value.len())
+                .sum();
+            assert_eq!(padding, total);
+            assert_eq!(fetched.body.as_deref().ok(), Some(&b"large head"[..]));
+        } else {
+            let error = fetched.error();
+            assert_eq!(error.status, ProxyStatus::HttpResponseHeaderSectionSize);
+            assert!(error.details.contains("65536"), "{}", error.details);
+        }
+    }
+    // One shared HTTP/2 connection served both.
+    assert_eq!(origin.connections(), 1);
+}
+
 /// Over HTTP/2, a cancelled exchange resets its stream only: the origin sees its response
 /// abandoned at once, and the shared connection keeps serving.
 #[tokio::test]

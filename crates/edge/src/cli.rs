@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use underpass_rt::risky::{self, Finding};
 use underpass_rt::{LogFormat, EX_FAILURE, EX_USAGE};
 
 use crate::config::EdgeConfig;
@@ -74,6 +75,9 @@ pub enum Command {
     },
     /// Validate the config file and exit; warn about networks and services whose tunnel does
     /// not exist (yet) in the state directory.
+    ///
+    /// Also warns about risky settings (a secret others can read, a binding beyond loopback)
+    /// and refuses, with status 64, a state directory or a file others can write.
     CheckConfig,
     /// Manage the admin API's tokens in the state directory's database (on the edge host,
     /// without the API: this is how an account's first Admin token is made).
@@ -191,8 +195,24 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     underpass_rt::init_tracing(level, cli.log_format.unwrap_or(config.log_format));
     let result = match cli.command {
-        Command::Serve => serve(config, path),
+        Command::Serve => {
+            // Refused before anything is bound; the warnings are logged once.
+            let findings = config.risky_findings(Some(path));
+            if findings.iter().any(Finding::is_refusal) {
+                let refusals: Vec<Finding> =
+                    findings.into_iter().filter(Finding::is_refusal).collect();
+                risky::print(&refusals);
+                return ExitCode::from(EX_USAGE);
+            }
+            risky::log_warnings(&findings);
+            serve(config, path)
+        }
         Command::CheckConfig => {
+            let findings = config.risky_findings(Some(path));
+            risky::print(&findings);
+            if findings.iter().any(Finding::is_refusal) {
+                return ExitCode::from(EX_USAGE);
+            }
             let warnings = tunnel_warnings(&config, path);
             for warning in &warnings {
                 eprintln!("warning: {warning}");
@@ -204,7 +224,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 config.networks.len(),
                 config.services.len(),
                 config.bindings.len(),
-                warnings.len()
+                warnings.len() + findings.len()
             );
             Ok(())
         }

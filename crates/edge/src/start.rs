@@ -45,7 +45,7 @@ use crate::api::handlers::{Api, EdgeSide};
 use crate::config::{ConfigError, EdgeConfig, Unmatched};
 use crate::db::{DirectoryBackend, SqliteBackend};
 use crate::directory::{ConfigDirectory, DirectoryStore, ListenerPlan};
-use crate::front::{self, FrontContext};
+use crate::front::{self, ClientConnections, FrontContext};
 use crate::metrics::EdgeMetrics;
 use crate::model::{Binding, Directory};
 use crate::registry::{ConnectionInfo, Registry};
@@ -150,6 +150,8 @@ impl Edge {
             shutdown: shutdown.clone(),
             connect_timeout: Duration::from_millis(timeouts.connect_ms),
             body_idle: Duration::from_millis(timeouts.body_idle_ms),
+            header_read: Duration::from_millis(timeouts.header_read_ms),
+            clients: client_connections(&config),
             drain_grace,
             bindings: Mutex::new(HashMap::new()),
             reload: tokio::sync::Mutex::new(()),
@@ -238,14 +240,11 @@ async fn bind_binding(
     binding: &Binding,
     tunnels: &TunnelStore,
 ) -> Result<(TcpListener, SocketAddr), EdgeError> {
-    let tcp =
-        TcpListener::bind(binding.listen)
-            .await
-            .map_err(|source| EdgeError::BindingListen {
-                binding: binding.name.clone(),
-                addr: binding.listen,
-                source,
-            })?;
+    let tcp = front::bind_listener(binding.listen).map_err(|source| EdgeError::BindingListen {
+        binding: binding.name.clone(),
+        addr: binding.listen,
+        source,
+    })?;
     let addr = front::listener_addr(&tcp, binding.listen);
     if !addr.ip().is_loopback() {
         warn!(
@@ -308,6 +307,21 @@ async fn bind_admin(
         .map_err(|source| EdgeError::AdminListen { addr, source })
 }
 
+/// The binding listeners' client connections under `limits.max_client_connections`, or the
+/// default derived from the descriptor limit.
+fn client_connections(config: &EdgeConfig) -> Arc<ClientConnections> {
+    let (limit, source) = match config.limits.max_client_connections {
+        Some(limit) => (limit, "configured"),
+        None => (front::default_client_limit(), "derived from RLIMIT_NOFILE"),
+    };
+    let max_idle = config.limits.max_idle_client_connections;
+    info!(
+        limit,
+        source, max_idle, "limits.max_client_connections, limits.max_idle_client_connections"
+    );
+    ClientConnections::new(limit, max_idle)
+}
+
 /// What the edge's tasks, its handle and its admin endpoints share.
 struct Shared {
     registry: Arc<Registry<AnyConnection>>,
@@ -317,6 +331,9 @@ struct Shared {
     shutdown: Shutdown,
     connect_timeout: Duration,
     body_idle: Duration,
+    header_read: Duration,
+    /// Every binding's client connections, under `limits.max_client_connections`.
+    clients: Arc<ClientConnections>,
     drain_grace: Duration,
     /// The binding listeners running now, by binding name.
     bindings: Mutex<HashMap<String, RunningBinding>>,
@@ -500,6 +517,8 @@ impl Shared {
             directory: self.directory.subscribe(),
             connect_timeout: self.connect_timeout,
             body_idle: self.body_idle,
+            header_read: self.header_read,
+            clients: self.clients.clone(),
             shutdown: part.clone(),
             metrics: self.metrics.clone(),
         });
@@ -720,6 +739,7 @@ fn warn_static_changes(started: &EdgeConfig, new: &EdgeConfig) {
         ("listen_http2", started.listen_http2 != new.listen_http2),
         ("http2", started.http2 != new.http2),
         ("timeouts", started.timeouts != new.timeouts),
+        ("limits", started.limits != new.limits),
         ("runtime", started.runtime != new.runtime),
         ("admin", started.admin != new.admin),
         ("log_format", started.log_format != new.log_format),

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::info;
 use underpass_transport::tls::{self, DevPki, TlsError};
 
 /// Mode of files holding secrets.
@@ -30,11 +30,11 @@ const PUBLIC_MODE: u32 = 0o644;
 /// Mode of the state directory when the edge creates it.
 const DIR_MODE: u32 = 0o700;
 
-const CA_CERT: &str = "ca.pem";
-const CA_KEY: &str = "ca.key";
-const EDGE_CHAIN: &str = "edge.pem";
-const EDGE_KEY: &str = "edge.key";
-const EDGE_NAMES: &str = "edge.names";
+pub(crate) const CA_CERT: &str = "ca.pem";
+pub(crate) const CA_KEY: &str = "ca.key";
+pub(crate) const EDGE_CHAIN: &str = "edge.pem";
+pub(crate) const EDGE_KEY: &str = "edge.key";
+pub(crate) const EDGE_NAMES: &str = "edge.names";
 /// The QUIC stateless-reset key's file.
 pub const RESET_KEY: &str = "reset.key";
 /// The reset key's length.
@@ -180,9 +180,6 @@ impl Pki {
                 missing: missing.0,
             });
         }
-        for key in [CA_KEY, EDGE_KEY] {
-            warn_if_readable_by_others(&dir.join(key));
-        }
         let names_path = dir.join(EDGE_NAMES);
         if names_path.exists() {
             let issued: Vec<String> = read(&names_path)?
@@ -246,7 +243,6 @@ pub fn reset_key(dir: &Path) -> Result<[u8; RESET_KEY_LEN], StateError> {
     let path = dir.join(RESET_KEY);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            warn_if_readable_by_others(&path);
             <[u8; RESET_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| StateError::BadResetKey {
                 path: path.clone(),
                 len: bytes.len(),
@@ -300,20 +296,6 @@ pub(crate) fn io_error(path: &Path, source: std::io::Error) -> StateError {
     StateError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-/// PRIVATE_MODE files should not be readable by group or others.
-pub(crate) fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            warn!(
-                file = %path.display(),
-                mode = format_args!("{mode:o}"),
-                "secret file is readable by other users; chmod 600 it"
-            );
-        }
     }
 }
 

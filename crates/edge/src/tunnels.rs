@@ -26,7 +26,7 @@ use underpass_proto::{TunnelId, TunnelSecret};
 use underpass_rt::Shutdown;
 
 pub use crate::model::{parse_tunnel_id, Tunnel};
-use crate::state::{io_error, read, warn_if_readable_by_others, write_file, StateError};
+use crate::state::{io_error, read, write_file, StateError};
 
 /// How often a serving edge looks for changes to `tunnels.json`.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
@@ -134,7 +134,8 @@ struct DeletedRecord {
 }
 
 impl TunnelStore {
-    /// Open the store of `state_dir`, reading `tunnels.json` if it exists.
+    /// Open the store of `state_dir`, reading `tunnels.json` if it exists. (Its mode is
+    /// checked by `check-config` and at start, with the other risky settings.)
     pub fn open(state_dir: &Path) -> Result<Self, StateError> {
         let store = TunnelStore {
             path: state_dir.join(TUNNELS_FILE),
@@ -143,9 +144,6 @@ impl TunnelStore {
         };
         let loaded = store.read_file()?;
         *store.write_lock() = loaded;
-        if store.path.exists() {
-            warn_if_readable_by_others(&store.path);
-        }
         Ok(store)
     }
 

@@ -55,11 +55,14 @@ pub enum ProxyStatus {
     RateLimited,
     /// The proxy itself failed.
     ProxyInternalError,
+    /// The destination's response head (header section) is larger than the proxy can carry:
+    /// more than one stream frame, or more than its HTTP client reads.
+    HttpResponseHeaderSectionSize,
 }
 
 impl ProxyStatus {
     /// Every error type, in declaration order.
-    pub const ALL: [ProxyStatus; 22] = [
+    pub const ALL: [ProxyStatus; 23] = [
         ProxyStatus::ConnectionRefused,
         ProxyStatus::ConnectionTerminated,
         ProxyStatus::ConnectionTimeout,
@@ -82,6 +85,7 @@ impl ProxyStatus {
         ProxyStatus::ConnectionWriteTimeout,
         ProxyStatus::RateLimited,
         ProxyStatus::ProxyInternalError,
+        ProxyStatus::HttpResponseHeaderSectionSize,
     ];
 
     /// The RFC 9209 token, as written in a `Proxy-Status` header.
@@ -109,6 +113,7 @@ impl ProxyStatus {
             ProxyStatus::ConnectionWriteTimeout => "connection_write_timeout",
             ProxyStatus::RateLimited => "rate_limited",
             ProxyStatus::ProxyInternalError => "proxy_internal_error",
+            ProxyStatus::HttpResponseHeaderSectionSize => "http_response_header_section_size",
         }
     }
 
@@ -158,8 +163,9 @@ impl FromStr for ProxyStatus {
 mod tests {
     use super::*;
 
-    /// The list from the Workers VPC binding documentation, in its order.
-    const TOKENS: [&str; 22] = [
+    /// The list from the Workers VPC binding documentation, in its order, then the RFC 9209
+    /// types added after it (appended: tags follow declaration order).
+    const TOKENS: [&str; 23] = [
         "connection_refused",
         "connection_terminated",
         "connection_timeout",
@@ -182,10 +188,11 @@ mod tests {
         "connection_write_timeout",
         "rate_limited",
         "proxy_internal_error",
+        "http_response_header_section_size",
     ];
 
     #[test]
-    fn token_and_from_str_agree_for_all_22() {
+    fn token_and_from_str_agree_for_all_23() {
         for (status, token) in ProxyStatus::ALL.into_iter().zip(TOKENS) {
             assert_eq!(status.token(), token);
             assert_eq!(status.to_string(), token);
@@ -216,12 +223,12 @@ mod tests {
             assert_eq!(bytes, [index as u8], "{status}");
             assert_eq!(postcard::from_bytes::<ProxyStatus>(&bytes), Ok(status));
         }
-        assert!(postcard::from_bytes::<ProxyStatus>(&[22]).is_err());
+        assert!(postcard::from_bytes::<ProxyStatus>(&[23]).is_err());
     }
 
     #[test]
     fn http_status_mapping() {
-        let expected: [(ProxyStatus, u16); 22] = [
+        let expected: [(ProxyStatus, u16); 23] = [
             (ProxyStatus::ConnectionRefused, 502),
             (ProxyStatus::ConnectionTerminated, 502),
             (ProxyStatus::ConnectionTimeout, 504),
@@ -244,6 +251,7 @@ mod tests {
             (ProxyStatus::ConnectionWriteTimeout, 504),
             (ProxyStatus::RateLimited, 503),
             (ProxyStatus::ProxyInternalError, 500),
+            (ProxyStatus::HttpResponseHeaderSectionSize, 502),
         ];
         for (index, (status, code)) in expected.into_iter().enumerate() {
             assert_eq!(status, ProxyStatus::ALL[index]);

@@ -11,6 +11,8 @@
 //!   the Prometheus registries;
 //! - [`notify`]: the service manager's notifications (`READY=1`, `STATUS=`, `STOPPING=1`,
 //!   `WATCHDOG=1` to `NOTIFY_SOCKET`), a no-op without one;
+//! - [`risky`]: findings about risky configuration (a secret others can read, a route to
+//!   everything), printed by `check-config` and logged at start;
 //! - [`EX_USAGE`] and [`EX_FAILURE`]: the exit codes of both binaries; [`VERSION`]: what
 //!   their `--version` prints.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod metrics;
 pub mod notify;
+pub mod risky;
 mod shutdown;
 
 pub use shutdown::{Shutdown, ShutdownReport};

@@ -13,11 +13,14 @@
 //! - bodies stream both ways chunk by chunk, never buffered whole;
 //! - when the edge stops reading (its client went away), the origin request is dropped at
 //!   once and its HTTP/1.1 connection closed, not reused;
-//! - protocol upgrades (WebSocket) become a raw pipe after the origin's `101` (`upgrade`).
+//! - protocol upgrades (WebSocket) become a raw pipe after the origin's `101` (`upgrade`);
+//!   any other answer to an upgrade request is passed on as an ordinary response.
 //!
 //! Failures before the response head are answered with a Proxy-Status
 //! [`StreamReply::Error`]; a failure after the head resets the stream with [`RESET_INTERNAL`]
-//! so the edge aborts the response instead of passing on a truncated body as complete.
+//! so the edge aborts the response instead of passing on a truncated body as complete. A
+//! response head that does not fit in one stream frame ([`MAX_FRAME_LEN`]), or that hyper
+//! refuses as too large, is such a failure: `http_response_header_section_size`.
 
 mod pool;
 mod target;
@@ -41,10 +44,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, debug_span, warn, Instrument};
 use underpass_mux::http::{body_kind, headers_to_wire, RecvBody};
-use underpass_mux::{write_frame, Buffered};
+use underpass_mux::{write_frame, Buffered, MuxError};
 use underpass_proto::{
-    BodyKind, HttpRequestHead, HttpResponseHead, ProxyErrorReply, ProxyStatus, StreamReply,
-    RESET_CANCELLED, RESET_INTERNAL,
+    BodyKind, EncodeError, HttpRequestHead, HttpResponseHead, ProxyErrorReply, ProxyStatus,
+    StreamReply, MAX_FRAME_LEN, RESET_CANCELLED, RESET_INTERNAL,
 };
 use underpass_rt::Shutdown;
 use underpass_transport::{RecvStream, SendStream};
@@ -61,6 +64,11 @@ use crate::outcome::{Ending, StreamEnd};
 const RELEASE_WAIT: Duration = Duration::from_millis(250);
 /// Authorities remembered for the once-only warning about unverified TLS.
 const MAX_WARNED: usize = 4096;
+/// The response header list an HTTP/2 origin may send (`SETTINGS_MAX_HEADER_LIST_SIZE`, which
+/// counts 32 bytes per field on top of its name and value): twice a frame, so that any head
+/// that fits in a stream frame is read (hyper's default, 16 KiB, would refuse most of them)
+/// and the frame limit is the one that answers `http_response_header_section_size`.
+const H2_MAX_HEADER_LIST: u32 = 2 * MAX_FRAME_LEN as u32;
 
 /// Tunables of the origin client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,19 +221,13 @@ impl OriginClient {
                 return StreamEnd::cancelled(format!("request body aborted by the edge: {reason}"));
             }
         };
-        let (parts, body) = response.into_parts();
-        let status = parts.status.as_u16();
-        let reply = StreamReply::Http(HttpResponseHead {
-            status,
-            headers: headers_to_wire(&parts.headers, false),
-            body: body_kind(&body.size_hint(), body.is_end_stream()),
-        });
-        if let Err(err) = write_frame(&mut send, &reply).await {
+        let status = response.status().as_u16();
+        if let Err(mut end) = write_head(&mut send, response_head(&response)).await {
             // Dropping the body and the connection handle closes an HTTP/1.1 connection.
-            return StreamEnd::cancelled(format!(
-                "the edge went away before the response head was written: {err}"
-            ));
+            end.to_origin = upload.sent();
+            return end;
         }
+        let body = response.into_body();
         let mut from_origin = 0;
         let ending = match stream_body(&mut send, body, &mut upload, &mut from_origin).await {
             Ok(()) => {
@@ -240,20 +242,9 @@ impl OriginClient {
                 debug!(status, bytes = from_origin, "exchange complete");
                 Ending::Done
             }
-            Err(BodyEnd::Cancelled(reason)) => {
+            Err(end) => {
                 drop(lease);
-                send.reset(RESET_CANCELLED);
-                Ending::Cancelled(format!(
-                    "during the response body (status {status}): {reason}"
-                ))
-            }
-            Err(BodyEnd::Origin(err)) => {
-                drop(lease);
-                send.reset(RESET_INTERNAL);
-                Ending::Aborted(format!(
-                    "the origin's response body (status {status}) failed: {}",
-                    error_chain(&err)
-                ))
+                body_failed(&mut send, end, status)
             }
         };
         StreamEnd {
@@ -440,6 +431,61 @@ fn lease(sender: Sender) -> Option<Sender> {
     }
 }
 
+/// The stream's reply for the origin's response head: hop-by-hop fields removed, the body's
+/// framing from what hyper knows of it.
+fn response_head(response: &Response<Incoming>) -> HttpResponseHead {
+    let body = response.body();
+    HttpResponseHead {
+        status: response.status().as_u16(),
+        headers: headers_to_wire(response.headers(), false),
+        body: body_kind(&body.size_hint(), body.is_end_stream()),
+    }
+}
+
+/// Write the origin's response head (a `101`'s included) to the stream. A head too large for
+/// one frame is answered `http_response_header_section_size` instead: nothing has been
+/// written yet, so the edge can still answer its client with an error. `Err` is how the
+/// stream ended then.
+async fn write_head<S: SendStream>(send: &mut S, head: HttpResponseHead) -> Result<(), StreamEnd> {
+    let status = head.status;
+    match write_frame(send, &StreamReply::Http(head)).await {
+        Ok(()) => Ok(()),
+        Err(MuxError::Encode(EncodeError::TooLarge(len))) => {
+            let error = ProxyErrorReply {
+                status: ProxyStatus::HttpResponseHeaderSectionSize,
+                details: format!(
+                    "the origin's response head (status {status}) takes {len} bytes on the \
+                     stream, more than the {MAX_FRAME_LEN}-byte frame limit"
+                ),
+            };
+            Err(refuse(send, error).await)
+        }
+        Err(err) => Err(StreamEnd::cancelled(format!(
+            "the edge went away before the response head was written: {err}"
+        ))),
+    }
+}
+
+/// Reset the stream after the response body of status `status` stopped early; how the
+/// exchange ended.
+fn body_failed<S: SendStream>(send: &mut S, end: BodyEnd, status: u16) -> Ending {
+    match end {
+        BodyEnd::Cancelled(reason) => {
+            send.reset(RESET_CANCELLED);
+            Ending::Cancelled(format!(
+                "during the response body (status {status}): {reason}"
+            ))
+        }
+        BodyEnd::Origin(err) => {
+            send.reset(RESET_INTERNAL);
+            Ending::Aborted(format!(
+                "the origin's response body (status {status}) failed: {}",
+                error_chain(&err)
+            ))
+        }
+    }
+}
+
 /// Copy the response body to the stream chunk by chunk, as it arrives. Stops early when the
 /// edge stops reading or its upload fails.
 async fn stream_body<S: SendStream>(
@@ -523,6 +569,7 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(H2_MAX_HEADER_LIST)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|err| ProxyErrorReply {
@@ -545,7 +592,10 @@ where
 /// The Proxy-Status error for a failed request before the response head.
 fn hyper_error(err: &hyper::Error) -> ProxyErrorReply {
     let details = error_chain(err);
-    let status = if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+    // Too large: more header fields than hyper's 100, or a head past its read buffer.
+    let status = if err.is_parse_too_large() {
+        ProxyStatus::HttpResponseHeaderSectionSize
+    } else if err.is_parse() || err.is_parse_status() {
         ProxyStatus::HttpProtocolError
     } else if err.is_timeout() {
         ProxyStatus::ConnectionReadTimeout

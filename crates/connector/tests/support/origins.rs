@@ -26,7 +26,8 @@ use tokio_rustls::TlsAcceptor;
 
 type ResponseBody = BoxBody<Bytes, hyper::Error>;
 
-/// A hyper origin: `/status/<code>` answers that status, `/close` answers with
+/// A hyper origin: `/status/<code>` answers that status, `/headers/<n>` with `n` bytes of
+/// header values (8 KiB fields), `/close` answers with
 /// `Connection: close`, `/duplex` echoes the request body as it arrives, `/sse` streams what the test feeds it, anything else echoes the request as
 /// JSON (method, path, host, version, SNI, body length and SHA-256, some headers).
 pub struct EchoOrigin {
@@ -152,6 +153,19 @@ async fn handle(
         response
             .headers_mut()
             .insert("x-origin-status", status.as_u16().into());
+        return Ok(response);
+    }
+    if let Some(total) = path.strip_prefix("/headers/") {
+        // `total` bytes of header values, in fields of 8 KiB: a large response head.
+        let total: usize = total.parse().unwrap_or(0);
+        let mut response = Response::new(full("large head".into()));
+        for (i, start) in (0..total).step_by(8192).enumerate() {
+            let value = "p".repeat((total - start).min(8192));
+            response.headers_mut().insert(
+                http::HeaderName::try_from(format!("x-pad-{i}")).expect("a valid name"),
+                value.parse().expect("a valid value"),
+            );
+        }
         return Ok(response);
     }
     if path == "/close" {

@@ -20,6 +20,8 @@ use crate::model::{self, Binding, BindingTarget, Directory, Network, Service, Se
 const MAX_NAME_LEN: usize = 128;
 /// The most `max_connections` a binding may ask for.
 const MAX_BINDING_CONNECTIONS: usize = 1 << 20;
+/// The most `limits.max_client_connections` and `limits.max_idle_client_connections` may say.
+const MAX_CLIENT_CONNECTIONS: usize = 1 << 20;
 
 impl EdgeConfig {
     /// Read, parse and validate a config file. A relative `state_dir` or `ca_file` is taken
@@ -63,6 +65,20 @@ impl EdgeConfig {
             .validate()
             .map_err(|error| invalid(error.to_string()))?;
         validate_timeouts(&self.timeouts)?;
+        let limits = [
+            ("max_client_connections", self.limits.max_client_connections),
+            (
+                "max_idle_client_connections",
+                Some(self.limits.max_idle_client_connections),
+            ),
+        ];
+        for (key, limit) in limits {
+            if limit.is_some_and(|limit| !(1..=MAX_CLIENT_CONNECTIONS).contains(&limit)) {
+                return Err(invalid(format!(
+                    "limits.{key} must be 1 to {MAX_CLIENT_CONNECTIONS}"
+                )));
+            }
+        }
         match (&self.admin.tls_cert, &self.admin.tls_key) {
             (Some(_), None) => return Err(invalid("admin.tls_cert needs admin.tls_key".into())),
             (None, Some(_)) => return Err(invalid("admin.tls_key needs admin.tls_cert".into())),
@@ -133,6 +149,7 @@ fn validate_timeouts(timeouts: &Timeouts) -> Result<(), ConfigError> {
         ("connect_ms", timeouts.connect_ms),
         ("heartbeat_interval_ms", timeouts.heartbeat_interval_ms),
         ("body_idle_ms", timeouts.body_idle_ms),
+        ("header_read_ms", timeouts.header_read_ms),
     ];
     for (key, value) in positive {
         if value == 0 {
@@ -461,5 +478,38 @@ mod tests {
         config.bindings.push(binding);
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("binding \"B\": max_connections"), "{error}");
+    }
+
+    #[test]
+    fn client_connection_limit_and_header_timeout() {
+        let config = EdgeConfig::from_toml(
+            "state_dir = \"/tmp/x\"\n[limits]\nmax_client_connections = 100\n\
+             [timeouts]\nheader_read_ms = 5000\n",
+        )
+        .unwrap(); // valid TOML
+        config.validate().unwrap(); // and valid values
+        assert_eq!(config.limits.max_client_connections, Some(100));
+        assert_eq!(config.timeouts.header_read_ms, 5000);
+        assert_eq!(
+            EdgeConfig::new("/tmp/x").limits.max_client_connections,
+            None
+        );
+        assert_eq!(EdgeConfig::new("/tmp/x").timeouts.header_read_ms, 30_000);
+
+        let mut config = EdgeConfig::new("/tmp/x");
+        config.limits.max_client_connections = Some(0);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("limits.max_client_connections"), "{error}");
+        let mut config = EdgeConfig::new("/tmp/x");
+        config.limits.max_idle_client_connections = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("limits.max_idle_client_connections"),
+            "{error}"
+        );
+        let mut config = EdgeConfig::new("/tmp/x");
+        config.timeouts.header_read_ms = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("timeouts.header_read_ms"), "{error}");
     }
 }

@@ -22,6 +22,11 @@ pub const DEFAULT_SERVER_NAME: &str = "underpass-edge";
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7844);
 /// The default `max_connections` of a binding.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The most `limits.max_client_connections` defaults to (less when the descriptor limit is
+/// lower).
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 16_384;
+/// The default `limits.max_idle_client_connections`.
+pub const DEFAULT_MAX_IDLE_CLIENT_CONNECTIONS: usize = 1024;
 
 /// The whole edge configuration. Build it from a file with [`EdgeConfig::load`] or in code
 /// with [`EdgeConfig::new`] and the public fields; [`Edge::start`](crate::Edge::start)
@@ -64,6 +69,9 @@ pub struct EdgeConfig {
     /// Timeouts of the edge's own protocol steps.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Bounds on what the binding listeners hold (`[limits]`).
+    #[serde(default)]
+    pub limits: Limits,
     /// The binary's async runtime.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -155,6 +163,10 @@ pub struct Timeouts {
     /// A `fetch()` request body that sends no byte for this long ends the exchange: `408`, or
     /// the stream reset once the response started (default 60 000).
     pub body_idle_ms: u64,
+    /// A binding client must send a whole request head within this, counted from the moment
+    /// the edge waits for one (accept, or the end of the previous exchange), or its connection
+    /// is closed (default 30 000). It also bounds how long an idle keep-alive connection stays.
+    pub header_read_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -165,6 +177,31 @@ impl Default for Timeouts {
             drain_grace_ms: 30_000,
             heartbeat_interval_ms: 20_000,
             body_idle_ms: 60_000,
+            header_read_ms: 30_000,
+        }
+    }
+}
+
+/// Bounds on what the binding listeners hold (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Client connections all bindings together serve at once. At the limit a new connection
+    /// takes the place of the oldest idle one, or is refused at once when none is idle. Unset:
+    /// derived at start from the process's descriptor limit (`RLIMIT_NOFILE`), at most
+    /// [`DEFAULT_MAX_CLIENT_CONNECTIONS`].
+    pub max_client_connections: Option<usize>,
+    /// Idle client connections (between two requests, or before a whole first head) all
+    /// bindings together keep; beyond, the oldest idle ones are closed. Each may hold up to
+    /// 64 KiB of an unfinished head, so this bounds what a flood of slow heads costs.
+    pub max_idle_client_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: None,
+            max_idle_client_connections: DEFAULT_MAX_IDLE_CLIENT_CONNECTIONS,
         }
     }
 }
@@ -420,6 +457,7 @@ impl EdgeConfig {
             quic: QuicConfig::default(),
             http2: H2Config::default(),
             timeouts: Timeouts::default(),
+            limits: Limits::default(),
             runtime: RuntimeConfig::default(),
             routing: RoutingConfig::default(),
             admin: AdminConfig::default(),

@@ -9,15 +9,18 @@
 //! - `file`: the schema, one serde struct per table ([`EdgeConfig`] and the structs it holds);
 //! - `convert`: validation ([`EdgeConfig::validate`]) and conversion into the directory model
 //!   the edge runs on;
-//! - [`ConfigError`]: what is wrong, naming the entry and the key.
+//! - [`ConfigError`]: what is wrong, naming the entry and the key;
+//! - `risky`: settings that work but expose something ([`EdgeConfig::risky_findings`]).
 
 mod convert;
 mod error;
 mod file;
+mod risky;
 
 pub use error::ConfigError;
 pub use file::{
-    AdminConfig, BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, NetworkConfig,
-    QuicConfig, RoutingConfig, RuntimeConfig, ServiceConfig, ServiceHost, ServiceKind, ServiceTls,
-    Timeouts, Unmatched, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_NAME,
+    AdminConfig, BindingConfig, BindingMode, CertVerificationMode, EdgeConfig, Limits,
+    NetworkConfig, QuicConfig, RoutingConfig, RuntimeConfig, ServiceConfig, ServiceHost,
+    ServiceKind, ServiceTls, Timeouts, Unmatched, DEFAULT_LISTEN, DEFAULT_MAX_CLIENT_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IDLE_CLIENT_CONNECTIONS, DEFAULT_SERVER_NAME,
 };

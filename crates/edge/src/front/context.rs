@@ -1,30 +1,26 @@
-//! What every binding of an edge shares, the accept loop, placing a stream on a connection
-//! and opening it there, with one retry when that connection is lost before the connector
-//! answered.
+//! What every binding of an edge shares, placing a stream on a connection and opening it
+//! there, with one retry when that connection is lost before the connector answered.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tracing::{debug, warn, Span};
 use underpass_mux::{open_tcp, Buffered, MuxError, OpenError};
 use underpass_proto::{Host, Origin, ProxyStatus, TcpConnect};
 use underpass_rt::Shutdown;
 use underpass_transport::{Connection, StreamError};
 
+use super::accept::ClientConnections;
+pub(crate) use super::accept::{accept_loop, ClientProtocol, Listening, Slot};
 use super::request::{Failure, RequestLog};
 use crate::config::Unmatched;
 use crate::model::{Binding, Directory, Tunnel, TunnelRef};
 use crate::registry::{Destination, Leased, LeasedRecv, LeasedSend, NoPick, Picked, Registry};
 use crate::tunnels::TunnelStore;
-
-/// Pause after a failed `accept` (out of file descriptors, ...) before trying again.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What every binding of an edge shares.
 pub(crate) struct FrontContext<C> {
@@ -38,6 +34,10 @@ pub(crate) struct FrontContext<C> {
     pub connect_timeout: Duration,
     /// How long a request body may go without a byte (`timeouts.body_idle_ms`).
     pub body_idle: Duration,
+    /// How long a client may take to send a request head (`timeouts.header_read_ms`).
+    pub header_read: Duration,
+    /// Every binding's client connections (`limits.max_client_connections`).
+    pub clients: Arc<ClientConnections>,
     /// Stopping and the tasks to wait for.
     pub shutdown: Shutdown,
     /// Request counters and timings (`crate::metrics`).
@@ -249,64 +249,6 @@ pub(crate) fn is_closed<C: Connection>(conn: &C) -> bool {
         closed.poll(&mut Context::from_waker(Waker::noop())),
         Poll::Ready(_)
     )
-}
-
-/// One accepted client connection's place under its binding's `max_connections`: released
-/// when the last holder (the client task, a pipe spliced from it) is gone.
-#[derive(Debug, Clone)]
-pub(crate) struct Slot {
-    _permit: Arc<OwnedSemaphorePermit>,
-}
-
-/// Accept on `listener` until stopping begins, handing every connection to `serve` with its
-/// slot. At `limit` connections the loop stops accepting (the kernel queues new ones) until
-/// one ends. A failed accept (out of file descriptors, ...) is logged and retried after a
-/// pause.
-pub(crate) async fn accept_loop(
-    listener: &TcpListener,
-    binding: &str,
-    limit: usize,
-    shutdown: &Shutdown,
-    mut serve: impl FnMut(TcpStream, SocketAddr, Slot),
-) {
-    let slots = Arc::new(Semaphore::new(limit));
-    let mut stopping = std::pin::pin!(shutdown.stopping());
-    loop {
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                warn!(
-                    binding,
-                    limit, "connection limit reached; accepting again when one ends"
-                );
-                tokio::select! {
-                    () = &mut stopping => return,
-                    permit = slots.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        // The semaphore is never closed.
-                        Err(_) => return,
-                    },
-                }
-            }
-        };
-        let accepted = tokio::select! {
-            () = &mut stopping => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => serve(
-                stream,
-                peer,
-                Slot {
-                    _permit: Arc::new(permit),
-                },
-            ),
-            Err(error) => {
-                warn!(binding, %error, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
-    }
 }
 
 /// Open a TCP stream on `conn`, connector's answer included, within `limit`. `open_tcp`

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{ready, Poll};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use underpass_transport::{Connection, SendStream, StreamError};
 use super::context::{
     is_closed, is_connection_lost, mux_error_status, retry_failed, FrontContext, Slot,
 };
+use super::limits::{REQUEST_HEAD_LIMIT, REQUEST_TARGET_LIMIT};
 use super::request::{Failure, RequestLog};
 use super::response::{empty, FetchBody};
 use super::splice::splice_upgrade;
@@ -53,6 +54,23 @@ pub(super) async fn handle<C: Connection>(
     slot: Slot,
     mut log: RequestLog,
 ) -> Response<FetchBody> {
+    let target_len = request_target_len(request.uri());
+    if target_len > REQUEST_TARGET_LIMIT {
+        let mut response = log.respond_with(
+            StatusCode::URI_TOO_LONG,
+            Failure::new(
+                ProxyStatus::HttpRequestError,
+                format!(
+                    "the request target is {target_len} bytes, more than the \
+                     {REQUEST_TARGET_LIMIT}-byte limit"
+                ),
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        return response;
+    }
     let head_len = request_head_len(&request);
     if head_len > REQUEST_HEAD_LIMIT {
         let mut response = log.respond_with(
@@ -120,7 +138,7 @@ pub(super) async fn handle<C: Connection>(
         context,
         slot,
         log,
-        body_timed_out: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        body_fault: Arc::new(OnceLock::new()),
     };
     exchange.forward(request).await
 }
@@ -271,16 +289,14 @@ fn request_head(
     }
 }
 
-/// The most a `fetch()` request head (target and header fields) may take: what one stream
-/// header frame carries ([`underpass_proto::MAX_FRAME_LEN`], 64 KiB) with room for the rest of
-/// the head. Larger: `431` with `Proxy-Status: …; error=http_request_error`. hyper's read
-/// buffer is bounded at [`MAX_HEAD_BUFFER`] so a client cannot make the edge buffer more.
-pub(super) const REQUEST_HEAD_LIMIT: usize = 48 * 1024;
-
-/// hyper's read buffer for a client connection (`max_buf_size`) and its head limit
-/// (`max_header_size`): a head larger than this is answered `431` by hyper itself, whatever
-/// the reads it arrived in.
-pub(super) const MAX_HEAD_BUFFER: usize = 64 * 1024;
+/// The bytes a request target takes on the wire (`http://host:port/path?query` for an
+/// absolute-form one), without formatting it.
+fn request_target_len(uri: &http::Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
+}
 
 /// The bytes a request head takes on the wire: the target and every `name: value\r\n`.
 fn request_head_len<B>(request: &Request<B>) -> usize {
@@ -289,7 +305,7 @@ fn request_head_len<B>(request: &Request<B>) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    fields + request.uri().to_string().len() + request.method().as_str().len() + 12
+    fields + request_target_len(request.uri()) + request.method().as_str().len() + 12
 }
 
 /// What a request's headers may not be, whatever its target (RFC 9112 §3.2, §6.1): two
@@ -339,8 +355,46 @@ struct Exchange<'a, C> {
     /// Kept by an upgrade's pipe: the client connection stays counted while it runs.
     slot: Slot,
     log: RequestLog,
-    /// Set when the request body stalled for `body_idle_ms` ([`IdleBody`]).
-    body_timed_out: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the client's request body failed ([`IdleBody`]).
+    body_fault: Arc<OnceLock<BodyFault>>,
+}
+
+/// How a client's request body failed: the client's doing, so the answer (when the origin has
+/// not answered yet) is the client's error, never a `502`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BodyFault {
+    /// No byte for `body_idle_ms`: `408`.
+    Stalled,
+    /// Bad chunked framing (a chunk size that is not hex or overflows 64 bits, a chunk
+    /// extension over hyper's limit, data past a chunk's size, a bad trailer), or the client
+    /// connection ended or failed mid-body: `400`. What hyper said.
+    Broken(String),
+}
+
+impl BodyFault {
+    /// The client's answer: `408` or `400`, `http_request_error`, and the connection closed
+    /// (what follows on it, if anything, cannot be trusted to start a request).
+    fn response(&self, log: &RequestLog, body_idle: Duration) -> Response<FetchBody> {
+        let (code, details) = match self {
+            BodyFault::Stalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body stalled: no byte for {} ms (body_idle_ms)",
+                    body_idle.as_millis()
+                ),
+            ),
+            BodyFault::Broken(error) => (
+                StatusCode::BAD_REQUEST,
+                format!("the request body is malformed or cut short: {error}"),
+            ),
+        };
+        let mut response =
+            log.respond_with(code, Failure::new(ProxyStatus::HttpRequestError, details));
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
 }
 
 /// The request body while none of it has been sent: the pump of the current attempt takes it
@@ -348,25 +402,39 @@ struct Exchange<'a, C> {
 type UnsentBody = Arc<Mutex<Option<IdleBody>>>;
 
 /// A client's request body that fails when no frame comes for `idle` (`body_idle_ms`): a
-/// stalled upload must not hold a stream and an origin connection forever.
+/// stalled upload must not hold a stream and an origin connection forever. How it failed, a
+/// stall or hyper's error (bad framing, the client gone), is recorded for the answer.
 struct IdleBody {
     inner: Incoming,
     idle: Duration,
     /// Armed while a frame is awaited.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Set once the body failed for being idle.
-    timed_out: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the body failed.
+    fault: Arc<OnceLock<BodyFault>>,
 }
 
 impl IdleBody {
-    fn new(inner: Incoming, idle: Duration, timed_out: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    fn new(inner: Incoming, idle: Duration, fault: Arc<OnceLock<BodyFault>>) -> Self {
         IdleBody {
             inner,
             idle,
             timer: None,
-            timed_out,
+            fault,
         }
     }
+}
+
+/// hyper's body error with its cause (`error reading a body from connection: Invalid chunk
+/// size line: Invalid Size`).
+fn error_chain(error: &hyper::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Body for IdleBody {
@@ -381,7 +449,13 @@ impl Body for IdleBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.timer = None;
-                Poll::Ready(frame.map(|f| f.map_err(|e| e.to_string())))
+                Poll::Ready(frame.map(|f| {
+                    f.map_err(|error| {
+                        let text = error_chain(&error);
+                        let _ = this.fault.set(BodyFault::Broken(text.clone()));
+                        text
+                    })
+                }))
             }
             Poll::Pending => {
                 let idle = this.idle;
@@ -390,8 +464,7 @@ impl Body for IdleBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match std::future::Future::poll(timer.as_mut(), cx) {
                     Poll::Ready(()) => {
-                        this.timed_out
-                            .store(true, std::sync::atomic::Ordering::Release);
+                        let _ = this.fault.set(BodyFault::Stalled);
                         Poll::Ready(Some(Err(format!(
                             "no request body byte for {} ms (body_idle_ms)",
                             idle.as_millis()
@@ -434,8 +507,8 @@ impl<C: Connection> Exchange<'_, C> {
         let kind = body_kind(&req.body().size_hint(), req.body().is_end_stream());
         let mut on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let body_timed_out = self.body_timed_out.clone();
-        let body = IdleBody::new(body, self.context.body_idle, body_timed_out.clone());
+        let body_fault = self.body_fault.clone();
+        let body = IdleBody::new(body, self.context.body_idle, body_fault.clone());
         let mut body = (!upgrade && kind != BodyKind::Empty).then_some(body);
         let limit = self.context.connect_timeout.max(MIN_REPLY_TIMEOUT);
         let mut lost: Option<(u64, Failure)> = None;
@@ -466,25 +539,13 @@ impl<C: Connection> Exchange<'_, C> {
             let attempt = self
                 .attempt(&picked.conn, head, unsent.clone(), &mut on_upgrade, limit)
                 .await;
-            // A stalled body ends the exchange with 408, unless the origin answered first (its
-            // answer stands; the body's stream was reset, so it saw the upload aborted).
-            if body_timed_out.load(std::sync::atomic::Ordering::Acquire)
-                && !matches!(&attempt, Attempt::Answered(_))
-            {
-                let mut response = self.log.respond_with(
-                    StatusCode::REQUEST_TIMEOUT,
-                    Failure::new(
-                        ProxyStatus::HttpRequestError,
-                        format!(
-                            "the request body stalled: no byte for {} ms (body_idle_ms)",
-                            self.context.body_idle.as_millis()
-                        ),
-                    ),
-                );
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
+            // A body that stalled or broke ends the exchange with 408 or 400, unless the origin
+            // answered first (its answer stands; the body's stream was reset, so it saw the
+            // upload aborted).
+            if let Some(fault) = body_fault.get() {
+                if !matches!(&attempt, Attempt::Answered(_)) {
+                    return fault.response(&self.log, self.context.body_idle);
+                }
             }
             match attempt {
                 Attempt::Answered(response) => return response,
@@ -565,14 +626,14 @@ impl<C: Connection> Exchange<'_, C> {
                 debug!(error = %err, "stream closed before the request was finished");
             }
         }
-        let timed_out = self.body_timed_out.clone();
+        let body_fault = self.body_fault.clone();
         let deadline = async {
             if let Some(sent) = body_sent {
                 // Sent or failed: either way the wait for the answer starts now.
                 let _ = sent.await;
             }
-            // A body that stalled: no answer is coming (its stream was reset).
-            if timed_out.load(std::sync::atomic::Ordering::Acquire) {
+            // A body that stalled or broke: no answer is coming (its stream was reset).
+            if body_fault.get().is_some() {
                 return;
             }
             tokio::time::sleep(limit).await;

@@ -5,8 +5,10 @@
 //!   `connect()`, absolute-form requests for `fetch()` ([`fetch`]);
 //! - [`tcp`]: `mode = "tcp"`, a plain TCP port piped to one TCP service;
 //! - [`context`]: what every binding shares (registry, tunnels, the directory snapshot,
-//!   shutdown), the accept loop with its per-binding connection limit, placing and opening
-//!   streams (one retry on another connection when the first is lost before the answer);
+//!   shutdown), placing and opening streams (one retry on another connection when the first
+//!   is lost before the answer);
+//! - [`accept`]: the accept loop, the per-binding and edge-wide connection limits, shedding
+//!   idle connections at the edge-wide limit or when descriptors run out;
 //! - [`splice`]: a client socket spliced to a stream (after `CONNECT`'s `200`, a `101`, or for a
 //!   TCP binding), reset when the grace period runs out;
 //! - [`request`]: request ids and the one log line of every binding request;
@@ -15,8 +17,11 @@
 //! Every request reads its binding, and the network or service behind it, from the current
 //! directory snapshot ([`crate::model`]), so a directory change applies to the next request.
 
+mod accept;
+mod client_io;
 mod context;
 mod fetch;
+mod limits;
 mod proxy;
 mod request;
 mod response;
@@ -29,6 +34,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use underpass_transport::Connection;
 
+pub(crate) use accept::{bind_listener, default_client_limit, ClientConnections};
 pub(crate) use context::FrontContext;
 
 use crate::model::{Binding, BindingMode};

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, ALLOW};
+use http::header::{HeaderValue, ALLOW, DATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -25,16 +25,15 @@ use underpass_proto::authority::parse_authority;
 use underpass_proto::{DialTarget, Origin, ProxyStatus, Scheme};
 use underpass_transport::Connection;
 
-use super::context::{accept_loop, is_closed, FrontContext, Slot};
+use super::client_io::{ClientIo, TrackedBody};
+use super::context::{accept_loop, is_closed, ClientProtocol, FrontContext, Listening, Slot};
 use super::fetch;
+use super::limits;
 use super::request::{Failure, RequestLog};
-use super::response::{empty, FetchBody};
+use super::response::{date_value, empty, FetchBody};
 use super::splice::splice_upgrade;
 use crate::model::{Binding, BindingTarget};
 use crate::registry::Destination;
-
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve the binding `name` on `listener` until stopping begins: one tracked task per client
 /// connection, at most `limit` at once.
@@ -45,7 +44,15 @@ pub(super) async fn serve<C: Connection>(
     context: Arc<FrontContext<C>>,
 ) {
     let shutdown = context.shutdown.clone();
-    accept_loop(&listener, &name, limit, &shutdown, |stream, peer, slot| {
+    let listening = Listening {
+        listener: &listener,
+        binding: &name,
+        limit,
+        protocol: ClientProtocol::Http,
+        clients: &context.clients,
+        shutdown: &shutdown,
+    };
+    accept_loop(listening, |stream, peer, slot| {
         let span = info_span!("client", binding = %name, %peer);
         let client = serve_client(stream, name.clone(), context.clone(), slot);
         shutdown.spawn_in(span, client);
@@ -65,29 +72,63 @@ async fn serve_client<C: Connection>(
     // A second descriptor of the client socket, to reset it if a response body breaks:
     // hyper owns the stream and would close it with a FIN.
     let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    // hyper's own error answers (unparsable heads) are replaced by the edge's, with a
+    // Proxy-Status (`client_io`).
+    let io = ClientIo::new(stream);
+    let responses = io.responses();
+    let refused = io.responses();
+    let log_binding = binding.clone();
     let shutdown = context.shutdown.clone();
+    let header_read = context.header_read;
+    // At the edge-wide connection limit, or out of descriptors, an idle connection is asked
+    // to make room (`super::accept`).
+    let shed = slot.sheddable();
     let service = service_fn(move |request| {
-        let (binding, context, slot) = (binding.clone(), context.clone(), slot.clone());
+        let (binding, context, slot) = (binding.clone(), context.clone(), slot.for_request());
+        let open = responses.begin();
         async move {
-            Ok::<_, Infallible>(
-                context
-                    .metrics
-                    .observe(&binding, handle(request, &binding, &context, slot))
-                    .await,
-            )
+            let response = context
+                .metrics
+                .observe(&binding, handle(request, &binding, &context, slot.clone()))
+                .await;
+            // The connection is busy until the response body is written.
+            let mut response = response.map(|body| slot.hold(body));
+            // Every response the edge writes has a Date (RFC 9110 §6.6.1): hyper's own, turned
+            // off, would be on its error answers too, which `client_io` tells apart by its
+            // absence.
+            if !response.headers().contains_key(DATE) {
+                response.headers_mut().insert(DATE, date_value());
+            }
+            Ok::<_, Infallible>(TrackedBody::response(response, open))
         }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(fetch::MAX_HEAD_BUFFER)
-        .max_header_size(fetch::MAX_HEAD_BUFFER)
-        .serve_connection(TokioIo::new(stream), service)
+        .header_read_timeout(header_read)
+        .max_buf_size(limits::MAX_HEAD_BUFFER)
+        .max_header_size(limits::MAX_HEAD_BUFFER)
+        .max_headers(limits::MAX_HEADERS)
+        .auto_date_header(false)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
+    let closing = async {
+        tokio::select! {
+            () = shed.requested() => true,
+            () = shutdown.stopping() => false,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = shutdown.stopping() => {
+        shed_now = closing => {
+            if shed_now && !shed.served() {
+                // No request yet, so nothing to finish: make room at once.
+                debug!("idle client connection shed before its first request");
+                return;
+            }
+            if shed_now {
+                debug!("idle client connection shed");
+            }
             // Idle keep-alive connections close now; a request in flight finishes first.
             connection.as_mut().graceful_shutdown();
             tokio::select! {
@@ -99,6 +140,19 @@ async fn serve_client<C: Connection>(
             }
         }
     };
+    if let Some((status, details)) = refused.refused() {
+        // A request head hyper could not parse: no request reached the service, so this is
+        // its one log line, with what hyper said.
+        let said = result
+            .as_ref()
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        RequestLog::new(log_binding, "(unparsed request head)").failed(&Failure::new(
+            ProxyStatus::HttpRequestError,
+            format!("{} {details}{said}", status.as_u16()),
+        ));
+    }
     match result {
         Ok(()) => debug!("client connection ended"),
         Err(error) => {

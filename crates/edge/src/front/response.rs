@@ -1,6 +1,8 @@
 //! The one builder of error responses: an RFC 9209 `Proxy-Status` header and the same text in
 //! a short plain-text body, for humans.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -38,6 +40,53 @@ pub(crate) fn error_response_with(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The bytes of [`error_response_with`]'s response with `Connection: close`, for the one
+/// place that writes to the socket itself (the answer to a request head hyper refused).
+pub(crate) fn error_response_bytes(
+    code: StatusCode,
+    status: ProxyStatus,
+    details: &str,
+) -> Vec<u8> {
+    let body = format!("{}: {details}\n", status.token());
+    let head = format!(
+        "HTTP/1.1 {} {}\r\n{PROXY_STATUS}: {}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        code.as_str(),
+        code.canonical_reason().unwrap_or(""),
+        // ASCII by construction (header_value).
+        String::from_utf8_lossy(header_value(status, details).as_bytes()),
+        body.len(),
+        String::from_utf8_lossy(date_value().as_bytes()),
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
+}
+
+/// The current time as a `Date` value (RFC 9110 §6.6.1), formatted at most once a second
+/// per thread. The edge writes `Date` itself rather than let hyper do it (see
+/// `front::client_io`).
+pub(crate) fn date_value() -> HeaderValue {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            // An HTTP date is fixed-format ASCII.
+            let value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            *cached = (second, value);
+        }
+        cached.1.clone()
+    })
 }
 
 /// `underpass; error=<token>; details="<details>"`, with `details` escaped as an RFC 8941
@@ -108,5 +157,24 @@ mod tests {
             .contains("error=connection_timeout"));
         let internal = error_response(ProxyStatus::ProxyInternalError, "encode");
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn raw_error_response_is_one_complete_answer() {
+        let bytes = error_response_bytes(
+            StatusCode::URI_TOO_LONG,
+            ProxyStatus::HttpRequestError,
+            "too \"long\"",
+        );
+        let text = String::from_utf8(bytes).unwrap(); // ASCII by construction
+        let (head, body) = text.split_once("\r\n\r\n").unwrap(); // one head, then the body
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains(
+            "\r\nproxy-status: underpass; error=http_request_error; details=\"too \\\"long\\\"\"\r\n"
+        ), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert_eq!(body, "http_request_error: too \"long\"\n");
     }
 }

@@ -20,6 +20,8 @@ use underpass_proto::{RESET_CANCELLED, RESET_INTERNAL};
 use underpass_rt::Shutdown;
 use underpass_transport::{RecvStream, SendStream, StreamError};
 
+use super::client_io::ClientIo;
+
 /// Wait for hyper to hand over the client connection of an upgraded request (`CONNECT` after
 /// its `200`, or a `101`), then pipe it to the stream. `None`: there was no client connection
 /// to pipe (the stream is reset).
@@ -42,12 +44,13 @@ pub(crate) async fn splice_upgrade<S: SendStream, R: RecvStream>(
             return None;
         }
     };
-    // hyper serves exactly the `TokioIo<TcpStream>` given to `serve_connection`, so the
+    // hyper serves exactly the `TokioIo<ClientIo>` given to `serve_connection`, so the
     // downcast succeeds; the fallback only guards against a change in that setup.
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<ClientIo>>() {
         Ok(parts) => {
             let initial = Some(parts.read_buf).filter(|b| !b.is_empty());
-            Some(pipe_socket(parts.io.into_inner(), initial, send, recv, shutdown).await)
+            let stream = parts.io.into_inner().into_stream();
+            Some(pipe_socket(stream, initial, send, recv, shutdown).await)
         }
         Err(_) => {
             warn!("upgraded client connection is not a TCP stream; closing the stream");

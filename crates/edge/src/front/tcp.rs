@@ -15,14 +15,14 @@ use underpass_mux::abort_socket;
 use underpass_proto::{Origin, ProxyStatus, Scheme};
 use underpass_transport::Connection;
 
-use super::context::{accept_loop, is_closed, FrontContext, Slot};
+use super::context::{accept_loop, is_closed, ClientProtocol, FrontContext, Listening, Slot};
 use super::request::{Failure, RequestLog};
 use super::splice::pipe_socket;
 use crate::model::BindingTarget;
 use crate::registry::Destination;
 
 /// Serve the `mode = "tcp"` binding `name` on `listener` until stopping begins: one tracked
-/// task per accepted connection, at most `limit` at once.
+/// task per accepted connection, at most `limit` at once (and within the edge-wide limit).
 pub(super) async fn serve<C: Connection>(
     listener: TcpListener,
     name: Arc<str>,
@@ -30,7 +30,15 @@ pub(super) async fn serve<C: Connection>(
     context: Arc<FrontContext<C>>,
 ) {
     let shutdown = context.shutdown.clone();
-    accept_loop(&listener, &name, limit, &shutdown, |stream, peer, slot| {
+    let listening = Listening {
+        listener: &listener,
+        binding: &name,
+        limit,
+        protocol: ClientProtocol::Tcp,
+        clients: &context.clients,
+        shutdown: &shutdown,
+    };
+    accept_loop(listening, |stream, peer, slot| {
         let span = info_span!("forward", binding = %name, %peer);
         let task = forward(stream, name.clone(), context.clone(), slot);
         shutdown.spawn_in(span, task);
