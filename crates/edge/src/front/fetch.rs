@@ -56,49 +56,28 @@ pub(super) async fn handle<C: Connection>(
 ) -> Response<FetchBody> {
     let target_len = request_target_len(request.uri());
     if target_len > REQUEST_TARGET_LIMIT {
-        let mut response = log.respond_with(
+        return log.refuse_and_close(
             StatusCode::URI_TOO_LONG,
-            Failure::new(
-                ProxyStatus::HttpRequestError,
-                format!(
-                    "the request target is {target_len} bytes, more than the \
-                     {REQUEST_TARGET_LIMIT}-byte limit"
-                ),
+            format!(
+                "the request target is {target_len} bytes, more than the \
+                 {REQUEST_TARGET_LIMIT}-byte limit"
             ),
         );
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-        return response;
     }
     let head_len = request_head_len(&request);
     if head_len > REQUEST_HEAD_LIMIT {
-        let mut response = log.respond_with(
+        return log.refuse_and_close(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Failure::new(
-                ProxyStatus::HttpRequestError,
-                format!(
-                    "the request head is {head_len} bytes, more than the \
-                     {REQUEST_HEAD_LIMIT}-byte limit"
-                ),
+            format!(
+                "the request head is {head_len} bytes, more than the \
+                 {REQUEST_HEAD_LIMIT}-byte limit"
             ),
         );
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-        return response;
     }
     if let Err(details) = check_framing(request.headers()) {
         debug!(method = %request.method(), uri = %request.uri(), "refused a request's framing");
         // What follows on the connection cannot be trusted to start a request: close it.
-        let mut response = log.respond_with(
-            StatusCode::BAD_REQUEST,
-            Failure::new(ProxyStatus::HttpRequestError, details),
-        );
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-        return response;
+        return log.refuse_and_close(StatusCode::BAD_REQUEST, details);
     }
     let url = match parse_absolute(request.uri()) {
         Ok(url) => url,
@@ -388,12 +367,7 @@ impl BodyFault {
                 format!("the request body is malformed or cut short: {error}"),
             ),
         };
-        let mut response =
-            log.respond_with(code, Failure::new(ProxyStatus::HttpRequestError, details));
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
+        log.refuse_and_close(code, details)
     }
 }
 

@@ -240,14 +240,7 @@ async fn handle_connect<C: Connection>(
         .unwrap_or_default();
     if let Some(details) = connect_form_error(&request) {
         // A body may follow on the connection: close it rather than read it as a request.
-        let mut response = log.respond_with(
-            StatusCode::BAD_REQUEST,
-            Failure::new(ProxyStatus::HttpRequestError, details),
-        );
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return log.refuse_and_close(StatusCode::BAD_REQUEST, details);
     }
     let (origin, destination) = match connect_origin(&binding.target, &asked) {
         Ok(pair) => pair,

@@ -113,6 +113,23 @@ impl RequestLog {
         error_response_with(code, failure.status, &failure.details)
     }
 
+    /// The request is refused as malformed: `code` with `Proxy-Status: …;
+    /// error=http_request_error` and `Connection: close`, since what follows on the connection
+    /// cannot be trusted to start a request.
+    pub(crate) fn refuse_and_close(
+        &self,
+        code: StatusCode,
+        details: String,
+    ) -> Response<FetchBody> {
+        let mut response =
+            self.respond_with(code, Failure::new(ProxyStatus::HttpRequestError, details));
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        response
+    }
+
     /// The request completed.
     pub(crate) fn done(&self, what: &str) {
         debug!(
